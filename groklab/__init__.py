@@ -1,0 +1,27 @@
+"""groklab: a laboratory for grokking.
+
+    import groklab
+    summary = groklab.run({"task": {"modulus": 23}}, overrides=["optim.weight_decay=1.0"])
+    runs = groklab.sweep("examples/wd_sweep.yaml")          # pandas DataFrame, one row per run
+    store = groklab.open_store("groklab.db"); store.curves()  # every stored curve
+"""
+
+__version__ = "0.1.0"
+
+from groklab.config import Config, ConfigError, make_config  # noqa: E402
+from groklab.store import Store, StoreError, open_store  # noqa: E402
+from groklab.sweep import SweepSpec, load_spec, run, sweep  # noqa: E402
+
+
+def report(store: "Store | str" = "groklab.db", sweep: str | None = None, out: str = "report") -> str:
+    """Write figures and tables for a sweep (or every run) to `out`; return the folder."""
+    from groklab.analysis.report import report as _report
+
+    st = store if isinstance(store, Store) else open_store(store)
+    return str(_report(st, sweep=sweep, out=out))
+
+
+__all__ = [
+    "Config", "ConfigError", "Store", "StoreError", "SweepSpec", "load_spec", "make_config",
+    "open_store", "report", "run", "sweep", "__version__",
+]

@@ -1,0 +1,199 @@
+"""`groklab report`: curves per cell with seeds overlaid, grok step vs every swept axis, tables.
+
+Writes PNG figures, events/cells tables as CSV and Markdown, and an index.html that shows them all.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from groklab.analysis import tables  # noqa: E402
+from groklab.store import Store, StoreError  # noqa: E402
+
+MAX_CELLS = 48
+
+
+def _label(key: str) -> str:
+    return key.split(".")[-1]
+
+
+def _cell_title(axes: list[str], values: tuple) -> str:
+    return ", ".join(f"{_label(a)}={v}" for a, v in zip(axes, values)) or "all runs"
+
+
+def _grid(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
+    flat = list(axs.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, axes: list[str], kind: str, path: Path) -> None:
+    """One panel per cell: train (dashed) and val (solid) accuracy or loss, one colour per seed."""
+    keyed = runs.assign(**{a: runs[a].map(tables._hashable) for a in axes})
+    groups = list(keyed.groupby(axes, sort=True)) if axes else [((), keyed)]
+    groups = groups[:MAX_CELLS]
+    fig, panels = _grid(len(groups))
+    colors = plt.get_cmap("tab10")
+    for ax, (key, g) in zip(panels, groups):
+        key = key if isinstance(key, tuple) else (key,)
+        for i, (_, run) in enumerate(g.sort_values("train.seed").iterrows()):
+            c = curves[(curves["run_id"] == run["run_id"]) & (curves["step"] > 0)]
+            col = colors(i % 10)
+            ax.plot(c["step"], c[f"train_{kind}"], "--", color=col, lw=1.2)
+            ax.plot(c["step"], c[f"val_{kind}"], "-", color=col, lw=1.5, label=f"seed {run['train.seed']}")
+            if kind == "acc" and pd.notna(run["grokked_step"]):
+                ax.axvline(run["grokked_step"], color=col, lw=0.6, alpha=0.5)
+        ax.set_xscale("log")
+        if kind == "loss":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(-0.03, 1.03)
+        ax.set_title(_cell_title(axes, key), fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy" if kind == "acc" else "cross-entropy loss")
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    panels[0].legend(fontsize=7, loc="best", title="solid: val, dashed: train", title_fontsize=7)
+    what = "Accuracy" if kind == "acc" else "Loss"
+    fig.suptitle(f"{what} curves per cell (seeds overlaid)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _numeric(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+
+
+def plot_grok_vs_axis(runs: pd.DataFrame, axes: list[str], axis: str, path: Path) -> None:
+    """Grok step against one swept axis: every seed as a dot, median and quartiles per value,
+    one line per combination of the other axes; runs that never grokked drawn at the top."""
+    others = [a for a in axes if a != axis]
+    df = runs.assign(**{a: runs[a].map(tables._hashable) for a in axes})
+    numeric = _numeric(df[axis])
+    xs_all = sorted(df[axis].unique(), key=lambda v: (v is None, v))
+    pos = {v: (float(v) if numeric else i) for i, v in enumerate(xs_all)}
+    budget = float(df["train.steps"].max())
+    never_y = budget * 1.6
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colors = plt.get_cmap("tab10")
+    groups = list(df.groupby(others, sort=True)) if others else [((), df)]
+    any_never = False
+    for i, (key, g) in enumerate(groups):
+        key = key if isinstance(key, tuple) else (key,)
+        col = colors(i % 10)
+        label = _cell_title(others, key) if others else None
+        med_x, med_y, lo, hi = [], [], [], []
+        for v, gv in g.groupby(axis, sort=True):
+            x = pos[v]
+            steps = gv["grokked_step"].astype("float").to_numpy()
+            jitter = (np.arange(len(steps)) - (len(steps) - 1) / 2) * 0.03
+            xj = x * (1 + jitter) if numeric and x > 0 else x + jitter
+            ok = np.isfinite(steps)
+            ax.scatter(np.asarray(xj)[ok] if np.ndim(xj) else xj, steps[ok], s=14, color=col, alpha=0.55, zorder=3)
+            if (~ok).any():
+                any_never = True
+                ax.scatter(np.asarray(xj)[~ok] if np.ndim(xj) else xj, np.full((~ok).sum(), never_y), marker="v",
+                           s=28, facecolors="none", edgecolors=col, zorder=3)
+            censored = np.where(ok, steps, np.inf)
+            q25, q50, q75 = np.quantile(censored, [0.25, 0.5, 0.75], method="inverted_cdf")
+            if np.isfinite(q50):
+                med_x.append(x)
+                med_y.append(q50)
+                lo.append(q50 - q25)
+                hi.append((q75 if np.isfinite(q75) else never_y) - q50)
+        if med_x:
+            ax.errorbar(med_x, med_y, yerr=[lo, hi], color=col, marker="o", ms=6, lw=1.6, capsize=3,
+                        label=label, zorder=4)
+        elif label:
+            ax.plot([], [], color=col, marker="o", label=label)
+    if any_never:
+        ax.axhline(budget, color="grey", lw=0.8, ls=":")
+        ax.text(0.01, never_y, " ▽ did not grok within budget", transform=ax.get_yaxis_transform(),
+                fontsize=8, va="bottom", color="dimgrey")
+    if numeric:
+        vals = np.array([float(v) for v in xs_all])
+        pos_vals = vals[vals > 0]
+        if len(pos_vals) and (vals <= 0).any():
+            ax.set_xscale("symlog", linthresh=float(pos_vals.min()))
+        elif len(pos_vals) == len(vals) and vals.max() / vals.min() >= 10:
+            ax.set_xscale("log")
+    else:
+        ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all])
+    ys = df["grokked_step"].astype("float").dropna()
+    if len(ys) and ys.max() / max(ys.min(), 1) >= 10 or any_never:
+        ax.set_yscale("log")
+    ax.set_xlabel(axis)
+    ax.set_ylabel("grok step (val acc ≥ threshold)")
+    ax.set_title(f"Grok step vs {axis}: median, quartiles and every seed", fontsize=10)
+    ax.grid(alpha=0.3, which="both", lw=0.4)
+    if others:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(store: Store, sweep: str | None = None, out: str | Path = "report") -> Path:
+    """Write figures, tables and index.html for `sweep` (or every stored run) into `out`."""
+    runs = store.runs(sweep=sweep)
+    if runs.empty:
+        raise StoreError(f"--sweep: no finished runs in {sweep or 'the store'} yet; run a sweep first")
+    axes = load_axes(store, sweep, runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    curves = store.curves(runs["run_id"])
+
+    figures = []
+    for kind in ("acc", "loss"):
+        name = f"curves_{kind}.png"
+        plot_curves(runs, curves, axes, kind, out / name)
+        figures.append(name)
+    for axis in axes:
+        name = f"grok_vs_{axis.replace('.', '_')}.png"
+        plot_grok_vs_axis(runs, axes, axis, out / name)
+        figures.append(name)
+
+    ev = tables.events(runs, axes)
+    cl = tables.cells(runs, axes)
+    ev.to_csv(out / "events.csv", index=False)
+    cl.to_csv(out / "cells.csv", index=False)
+    (out / "events.md").write_text(tables.to_markdown(ev))
+    (out / "cells.md").write_text(tables.to_markdown(cl))
+    (out / "index.html").write_text(_html(sweep, axes, figures, cl, ev))
+    return out
+
+
+def load_axes(store: Store, sweep: str | None, runs: pd.DataFrame) -> list[str]:
+    if sweep is not None:
+        spec = store.sweep_spec(sweep)
+        return [a for a in list(spec.get("grid", {})) + list(spec.get("random", {})) if a in runs.columns]
+    return tables.varying_axes(runs)
+
+
+def _html(sweep: str | None, axes: list[str], figures: list[str], cl: pd.DataFrame, ev: pd.DataFrame) -> str:
+    title = f"groklab report: {sweep or 'all runs'}"
+    imgs = "\n".join(f'<figure><img src="{f}" alt="{f}"><figcaption>{f}</figcaption></figure>' for f in figures)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} img{{max-width:100%}}
+table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;padding:3px 6px}}</style>
+</head><body><h1>{html.escape(title)}</h1>
+<p>Swept axes: {html.escape(', '.join(axes) or 'none')}. Grok step = first evaluated step with validation
+accuracy ≥ threshold; runs that never grokked count as +∞ in medians and quartiles.</p>
+<h2>Cells (statistics over seeds)</h2>{cl.to_html(index=False, na_rep="–")}
+{imgs}
+<h2>Runs</h2>{ev.to_html(index=False, na_rep="–")}
+</body></html>"""

@@ -1,0 +1,79 @@
+"""Tables from the store: swept axes, per-run events, per-cell statistics over seeds."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# Config keys that never define a cell: seeds are the repeats within a cell.
+NOT_AXES = ("train.seed", "train.device")
+EVENT_COLUMNS = ["run_id", "status", "memorized_step", "grokked_step", "grok_delay", "steps_run",
+                 "final_train_acc", "final_val_acc", "wall_seconds"]
+
+
+def _hashable(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def varying_axes(runs: pd.DataFrame) -> list[str]:
+    """Config columns whose values differ between runs (the axes of a store without a sweep)."""
+    cfg_cols = [c for c in runs.columns if "." in c and c not in NOT_AXES]
+    return [c for c in cfg_cols if runs[c].map(_hashable).nunique(dropna=False) > 1]
+
+
+def events(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """One row per run: the swept values, the seed, events and final accuracies."""
+    cols = axes + ["train.seed"] + EVENT_COLUMNS
+    out = runs[cols].copy()
+    for a in axes:
+        out[a] = out[a].map(_hashable)
+    return out.sort_values(axes + ["train.seed"]).reset_index(drop=True)
+
+
+def cells(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Per cell (a combination of swept values): seeds, how many grokked, grok-step statistics.
+
+    Runs that never grokked count as +inf in the median and quartiles (they are right-censored at
+    their budget), so a cell where most seeds failed has no finite median instead of a flattering one.
+    """
+    rows = []
+    keyed = runs.assign(**{a: runs[a].map(_hashable) for a in axes})
+    groups = keyed.groupby(axes, sort=True, dropna=False) if axes else [((), keyed)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        grok = g["grokked_step"].astype("float").fillna(np.inf).to_numpy()
+        mem = g["memorized_step"].astype("float").dropna().to_numpy()
+        finite = grok[np.isfinite(grok)]
+        q25, q50, q75 = np.quantile(grok, [0.25, 0.5, 0.75], method="inverted_cdf") if len(grok) else [np.nan] * 3
+        rows.append({
+            **dict(zip(axes, key)),
+            "seeds": len(g),
+            "grokked": int(np.isfinite(grok).sum()),
+            "diverged": int((g["status"] == "diverged").sum()),
+            "grok_step_median": q50,
+            "grok_step_q25": q25,
+            "grok_step_q75": q75,
+            "grok_step_min": finite.min() if len(finite) else np.nan,
+            "grok_step_max": finite.max() if len(finite) else np.nan,
+            "memorized_step_median": float(np.median(mem)) if len(mem) else np.nan,
+            "budget_steps": int(g["train.steps"].max()),
+        })
+    return pd.DataFrame(rows)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub-style table without extra dependencies."""
+    def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+            return "–"
+        if isinstance(v, float):
+            return "never" if np.isinf(v) else f"{v:.4g}"
+        return str(v)
+
+    header = "| " + " | ".join(df.columns) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, sep, *body]) + "\n"

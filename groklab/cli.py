@@ -1,0 +1,203 @@
+"""`groklab` command line: run, sweep, report, ls, show, export.
+
+Exit codes: 0 ok, 2 bad input (the message names the key and what is allowed), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from groklab.config import ConfigError
+from groklab.store import DEFAULT_PATH, StoreError
+
+EPILOG = "Overrides are dotted keys with YAML values, e.g. optim.weight_decay=0.1 train.steps=5000."
+
+
+def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
+    """First positional is the config file unless it looks like key=value."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from groklab.config import make_config
+    from groklab.sweep import run
+
+    path, overrides = _split_config(a.args)
+    cfg = make_config(path, overrides)  # validate before the store is touched
+    summary = run(cfg, store=None if a.no_store else a.store, force=a.force, progress=not a.quiet)
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from groklab.sweep import sweep
+
+    if a.backend != "local":
+        raise ConfigError(f"--backend: {a.backend!r} is not available in this version; allowed: local")
+    df = sweep(a.spec, a.overrides, store=a.store, pack_size=a.pack_size, progress=not a.quiet)
+    if a.json:
+        from groklab.store import Store
+
+        with Store(a.store) as st:
+            for rid in df["run_id"]:
+                print(json.dumps(st.summary(rid)))
+    else:
+        counts = df["status"].value_counts().to_dict()
+        print(f"sweep done: {len(df)} runs in {a.store}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        print(f"next: groklab report --store {a.store} --sweep {df.attrs.get('sweep', '')}".rstrip())
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from groklab.analysis.report import report
+    from groklab.store import open_store
+
+    with open_store(a.store) as st:
+        out = report(st, sweep=a.sweep, out=a.output)
+    print(f"report written to {out}/index.html")
+    return 0
+
+
+def cmd_ls(a: argparse.Namespace) -> int:
+    from groklab.store import open_store
+
+    with open_store(a.store) as st:
+        df = st.runs(sweep=a.sweep)
+    if df.empty:
+        print("no runs")
+        return 0
+    cols = ["run_id", "status", "memorized_step", "grokked_step", "steps_run", "final_val_acc",
+            "task.op", "task.modulus", "model.kind", "optim.lr", "optim.weight_decay", "train.batch_size", "train.seed"]
+    print(df[cols].to_string(index=False))
+    return 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from groklab.store import open_store
+
+    with open_store(a.store) as st:
+        summary = st.summary(a.run_id)
+        if a.curves:
+            print(st.curves([summary["run_id"]]).drop(columns="run_id").to_string(index=False))
+            return 0
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from groklab.store import open_store
+
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    with open_store(a.store) as st:
+        runs = st.runs(sweep=a.sweep)
+        metrics = st.metrics(runs["run_id"] if not runs.empty else [])
+    runs.drop(columns=["config"], errors="ignore").to_csv(out / "runs.csv", index=False)
+    metrics.to_csv(out / "metrics.csv", index=False)
+    print(f"exported {len(runs)} runs and {len(metrics)} metric rows to {out}/runs.csv, {out}/metrics.csv")
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    f = s["final"]
+    print(
+        f"run {s['run_id']}: {s['status']}  memorized_step={s['memorized_step']}  grokked_step={s['grokked_step']}  "
+        f"steps_run={s['steps_run']}  final train_acc={_fmt(f['train_acc'])} val_acc={_fmt(f['val_acc'])}  "
+        f"({s['wall_seconds']:.1f}s)"
+    )
+
+
+def _fmt(v: float | None) -> str:
+    return "nan" if v is None else f"{v:.4f}"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="groklab", description="A laboratory for grokking.", epilog=EPILOG)
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def store_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--store", default=DEFAULT_PATH, help=f"SQLite store (default: ./{DEFAULT_PATH})")
+
+    r = sub.add_parser("run", help="train one run", epilog=EPILOG,
+                       description="Train one run from CONFIG.yaml (optional) plus key=value overrides.")
+    r.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
+    store_arg(r)
+    r.add_argument("--json", action="store_true", help="print the JSON summary on stdout")
+    r.add_argument("--force", action="store_true", help="train again even if the run is already stored")
+    r.add_argument("--no-store", action="store_true", help="keep nothing on disk")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("sweep", help="run a grid of runs x seeds", epilog=EPILOG,
+                       description="Run every run of SWEEP.yaml not yet in the store; overrides apply to its base.")
+    s.add_argument("spec", metavar="SWEEP.yaml")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    store_arg(s)
+    s.add_argument("--backend", default="local", help="executor (default: local)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue a sweep: runs already in the store are skipped (always the case)")
+    s.add_argument("--pack-size", type=int, default=None,
+                   help="max runs trained together in one pack (default 64; 1 = one at a time)")
+    s.add_argument("--json", action="store_true", help="print one JSON summary per run on stdout")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="figures and tables for a sweep or the whole store")
+    store_arg(rp)
+    rp.add_argument("--sweep", default=None, help="report one sweep (default: every run in the store)")
+    rp.add_argument("-o", "--output", default="report", help="output folder (default: ./report)")
+    rp.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("ls", help="list stored runs")
+    store_arg(ls)
+    ls.add_argument("--sweep", default=None)
+    ls.set_defaults(func=cmd_ls)
+
+    sh = sub.add_parser("show", help="print one run's summary (or its curves)")
+    sh.add_argument("run_id", metavar="RUN_ID", help="run id or a unique prefix of it")
+    store_arg(sh)
+    sh.add_argument("--curves", action="store_true", help="print the evaluation curves as a table")
+    sh.set_defaults(func=cmd_show)
+
+    ex = sub.add_parser("export", help="write runs.csv and metrics.csv (long format)")
+    store_arg(ex)
+    ex.add_argument("--sweep", default=None)
+    ex.add_argument("-o", "--output", default="export", help="output folder (default: ./export)")
+    ex.set_defaults(func=cmd_export)
+    return p
+
+
+def _version() -> str:
+    from groklab import __version__
+
+    return f"groklab {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        return a.func(a)
+    except (ConfigError, StoreError) as e:
+        print(f"groklab {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished runs are in the store, re-run the same command to continue", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("groklab: internal error (a bug: please report it with the traceback above)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

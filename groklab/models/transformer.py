@@ -1,0 +1,82 @@
+"""Decoder-only transformer, batched over runs; predicts the answer from the last position.
+
+Same architecture as the grokking reference implementations (Power et al.; danielmamay/grokking):
+token + learned position embeddings, `layers` blocks of causal self-attention and a GELU MLP,
+a final layer norm and an unembedding. `norm` chooses post-norm (x = LN(x + f(x))), pre-norm
+(x = x + f(LN(x))) or none.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from groklab.config import ModelConfig
+from groklab.models import Dropout, Params, activation, embed, layer_norm, linear, linear_init
+from groklab.tasks import Task
+
+
+def init(cfg: ModelConfig, task: Task, g: torch.Generator) -> tuple[Params, set[str]]:
+    d, h = cfg.width, cfg.width * cfg.mlp_ratio
+    p: Params = {
+        "tok": torch.randn(task.vocab_size, d, generator=g),
+        "pos": torch.randn(task.seq_len, d, generator=g),
+    }
+    for i in range(cfg.layers):
+        bound = math.sqrt(6 / (d + 3 * d))  # xavier_uniform on the fused [3d, d] in-projection
+        p[f"{i}.qkv.w"] = (torch.rand(d, 3 * d, generator=g) * 2 - 1) * bound
+        p[f"{i}.qkv.b"] = torch.zeros(3 * d)
+        p[f"{i}.out.w"] = linear_init(d, d, g, bias=False)[0]
+        p[f"{i}.out.b"] = torch.zeros(d)
+        p[f"{i}.ln1.g"], p[f"{i}.ln1.b"] = torch.ones(d), torch.zeros(d)
+        p[f"{i}.fc1.w"], p[f"{i}.fc1.b"] = linear_init(d, h, g)
+        p[f"{i}.fc2.w"], p[f"{i}.fc2.b"] = linear_init(h, d, g)
+        p[f"{i}.ln2.g"], p[f"{i}.ln2.b"] = torch.ones(d), torch.zeros(d)
+    if cfg.norm != "none":
+        p["ln_f.g"], p["ln_f.b"] = torch.ones(d), torch.zeros(d)
+    p["unembed.w"], p["unembed.b"] = linear_init(d, task.n_classes, g)
+    scaled = {k for k in p if k.endswith(".w") or k in ("tok", "pos")}
+    return p, scaled
+
+
+def attention(p: Params, i: int, x: torch.Tensor, heads: int, last_only: bool = False) -> torch.Tensor:
+    """Causal self-attention; with `last_only`, queries only from the last position [R, B, 1, D]."""
+    r, b, t, d = x.shape
+    qkv = linear(x, p[f"{i}.qkv.w"], p[f"{i}.qkv.b"])  # [R, B, T, 3D]
+    q, k, v = qkv.view(r * b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x [RB, H, T, dh]
+    if last_only:  # the last position attends to every position: no mask needed
+        q, t = q[:, :, -1:], 1
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=not last_only)
+    y = y.transpose(1, 2).reshape(r, b, t, d)
+    return linear(y, p[f"{i}.out.w"], p[f"{i}.out.b"])
+
+
+def forward(p: Params, tokens: torch.Tensor, cfg: ModelConfig, dropout: Dropout) -> torch.Tensor:
+    act = activation(cfg.activation)
+    x = embed(p["tok"], tokens) + p["pos"].unsqueeze(1)  # [R, B, T, D]
+
+    def mlp(i: int, z: torch.Tensor) -> torch.Tensor:
+        return linear(act(linear(z, p[f"{i}.fc1.w"], p[f"{i}.fc1.b"])), p[f"{i}.fc2.w"], p[f"{i}.fc2.b"])
+
+    def ln(name: str, z: torch.Tensor) -> torch.Tensor:
+        return layer_norm(z, p[f"{name}.g"], p[f"{name}.b"])
+
+    for i in range(cfg.layers):
+        # Only the last position is read out, so the last block computes nothing else.
+        last = i == cfg.layers - 1
+        res = x[:, :, -1:] if last else x
+        if cfg.norm == "post":
+            x = ln(f"{i}.ln1", res + dropout(attention(p, i, x, cfg.heads, last)))
+            x = ln(f"{i}.ln2", x + dropout(mlp(i, x)))
+        elif cfg.norm == "pre":
+            x = res + dropout(attention(p, i, ln(f"{i}.ln1", x), cfg.heads, last))
+            x = x + dropout(mlp(i, ln(f"{i}.ln2", x)))
+        else:
+            x = res + dropout(attention(p, i, x, cfg.heads, last))
+            x = x + dropout(mlp(i, x))
+    x = x[:, :, -1]  # [R, B, D]: the answer is read at the '=' position
+    if cfg.norm != "none":
+        x = ln("ln_f", x)
+    return linear(x, p["unembed.w"], p["unembed.b"])

@@ -1,0 +1,244 @@
+"""SQLite store (WAL): runs, their metric curves in long format, and sweeps.
+
+A run's row and all its metric rows are written in one transaction, so a run is either fully in the
+store or not at all. Readers see pandas DataFrames.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from groklab import __version__
+from groklab.config import flatten
+from groklab.engine import RunResult
+
+SCHEMA_VERSION = 1
+DEFAULT_PATH = "groklab.db"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    memorized_step INTEGER,
+    grokked_step INTEGER,
+    grok_delay INTEGER,
+    diverged_step INTEGER,
+    steps_run INTEGER NOT NULL,
+    wall_seconds REAL NOT NULL,
+    final TEXT NOT NULL,
+    groklab_version TEXT NOT NULL,
+    torch_version TEXT NOT NULL,
+    device TEXT NOT NULL,
+    finished_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, name, step)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sweeps (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweep_runs (
+    sweep TEXT NOT NULL REFERENCES sweeps(name) ON DELETE CASCADE,
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (sweep, run_id)
+);
+"""
+
+
+class StoreError(ValueError):
+    """The store file cannot be used (not a groklab database, newer schema...): exit code 2."""
+
+
+class Store:
+    """A groklab SQLite database. `Store(path)` creates it if missing."""
+
+    def __init__(self, path: str | Path = DEFAULT_PATH, create: bool = True):
+        self.path = Path(path)
+        if not self.path.exists() and not create:
+            raise StoreError(f"--store: {str(self.path)!r} does not exist (run a sweep or `groklab run` first)")
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self.conn.execute("PRAGMA busy_timeout = 60000")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self._check_and_migrate()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"--store: {str(self.path)!r} is not a groklab SQLite database ({e})") from None
+
+    def _check_and_migrate(self) -> None:
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise StoreError(f"--store: {str(self.path)!r} is an SQLite database but not a groklab store")
+        if "meta" in tables:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"--store: {str(self.path)!r} has schema version {version}, newer than this groklab "
+                    f"({__version__}) understands ({SCHEMA_VERSION}); upgrade groklab"
+                )
+            if version == SCHEMA_VERSION:
+                return
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        with self.transaction():
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    self.conn.execute(stmt)
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writes -------------------------------------------------------------------------------
+    def write_run(self, res: RunResult, sweep: str | None = None, replace: bool = False) -> None:
+        """Insert a finished run with all its metrics in one transaction."""
+        rows = [
+            (res.run_id, step, name, value)
+            for name, values in res.curves.items()
+            if name != "step"
+            for step, value in zip(res.curves["step"], values)
+        ]
+        device = res.config.get("train", {}).get("device", "auto")
+        with self.transaction():
+            if replace:
+                self.conn.execute("DELETE FROM runs WHERE run_id = ?", (res.run_id,))
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    res.run_id, json.dumps(res.config, sort_keys=True), res.status, res.memorized_step,
+                    res.grokked_step, res.grok_delay, res.diverged_step, res.steps_run, res.wall_seconds,
+                    json.dumps(res.final), __version__, torch.__version__, device, time.time(),
+                ),
+            )
+            if cur.rowcount:  # another process may have stored the same run first: keep one copy
+                self.conn.executemany("INSERT INTO metrics VALUES (?,?,?,?)", rows)
+            if sweep:
+                self.conn.execute("INSERT OR IGNORE INTO sweep_runs VALUES (?, ?)", (sweep, res.run_id))
+
+    def add_sweep(self, name: str, spec: dict[str, Any], run_ids: Iterable[str]) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO sweeps VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET spec = excluded.spec",
+                (name, json.dumps(spec, sort_keys=True), time.time()),
+            )
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO sweep_runs VALUES (?, ?)", [(name, r) for r in run_ids]
+            )
+
+    # ---- reads --------------------------------------------------------------------------------
+    def run_ids(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT run_id FROM runs")}
+
+    def sweep_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM sweeps ORDER BY created_at")]
+
+    def sweep_spec(self, name: str) -> dict[str, Any]:
+        row = self.conn.execute("SELECT spec FROM sweeps WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise StoreError(f"--sweep: no sweep named {name!r}; sweeps in the store: {self.sweep_names()}")
+        return json.loads(row[0])
+
+    def runs(self, sweep: str | None = None) -> pd.DataFrame:
+        """One row per run: events, status, final metrics, and the config flattened as columns."""
+        q = "SELECT * FROM runs"
+        args: tuple[Any, ...] = ()
+        if sweep is not None:
+            self.sweep_spec(sweep)  # raises a clear error for an unknown sweep
+            q += " WHERE run_id IN (SELECT run_id FROM sweep_runs WHERE sweep = ?)"
+            args = (sweep,)
+        df = pd.read_sql_query(q + " ORDER BY finished_at, run_id", self.conn, params=args)
+        if df.empty:
+            return df
+        configs = [json.loads(c) for c in df["config"]]
+        finals = [json.loads(f) for f in df["final"]]
+        for k in ("train_acc", "val_acc", "train_loss", "val_loss"):
+            df[f"final_{k}"] = [f.get(k) for f in finals]
+        flat = pd.DataFrame([flatten(c) for c in configs], index=df.index)
+        df = pd.concat([df.drop(columns=["final"]), flat], axis=1)
+        df["config"] = configs
+        for col in ("memorized_step", "grokked_step", "grok_delay", "diverged_step"):
+            df[col] = df[col].astype("Int64")
+        return df
+
+    def metrics(self, run_ids: Iterable[str] | None = None, names: Iterable[str] | None = None) -> pd.DataFrame:
+        """Long format: run_id, step, name, value."""
+        q, args = "SELECT run_id, step, name, value FROM metrics WHERE 1=1", []
+        if run_ids is not None:
+            ids = list(run_ids)
+            q += f" AND run_id IN ({','.join('?' * len(ids))})"
+            args += ids
+        if names is not None:
+            ns = list(names)
+            q += f" AND name IN ({','.join('?' * len(ns))})"
+            args += ns
+        return pd.read_sql_query(q + " ORDER BY run_id, name, step", self.conn, params=args)
+
+    def curves(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Wide format: one row per (run_id, step), one column per metric."""
+        long = self.metrics(run_ids)
+        if long.empty:
+            return long
+        return long.pivot_table(index=["run_id", "step"], columns="name", values="value", dropna=False).reset_index()
+
+    def summary(self, run_id: str) -> dict[str, Any]:
+        """The JSON summary of one stored run (as `groklab run --json` prints it)."""
+        row = self.conn.execute(
+            "SELECT run_id, status, memorized_step, grokked_step, grok_delay, diverged_step, steps_run, "
+            "wall_seconds, final, config FROM runs WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            matches = [r for r in self.run_ids() if r.startswith(run_id)] if run_id else []
+            if len(matches) == 1:
+                return self.summary(matches[0])
+            raise StoreError(f"RUN_ID: no run {run_id!r} in {self.path}" + (f" (ambiguous: {matches})" if matches else ""))
+        keys = ("run_id", "status", "memorized_step", "grokked_step", "grok_delay", "diverged_step",
+                "steps_run", "wall_seconds")
+        out = dict(zip(keys, row[:8]))
+        out["final"], out["config"] = json.loads(row[8]), json.loads(row[9])
+        return out
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error: short write transactions for WAL."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def open_store(path: str | Path = DEFAULT_PATH) -> Store:
+    """Open an existing store for reading (raises StoreError if it does not exist)."""
+    return Store(path, create=False)
