@@ -41,9 +41,11 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_sweep(a: argparse.Namespace) -> int:
     from groklab.sweep import sweep
 
-    if a.backend != "local":
-        raise ConfigError(f"--backend: {a.backend!r} is not available in this version; allowed: local")
-    df = sweep(a.spec, a.overrides, store=a.store, pack_size=a.pack_size, progress=not a.quiet)
+    options = {}
+    if a.backend == "ray":
+        options = {"address": a.ray_address, "gpus_per_pack": a.gpus_per_pack, "cpus_per_pack": a.cpus_per_pack}
+    df = sweep(a.spec, a.overrides, store=a.store, pack_size=a.pack_size, progress=not a.quiet,
+               workers=a.workers, backend=a.backend, **options)
     if a.json:
         from groklab.store import Store
 
@@ -143,9 +145,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("spec", metavar="SWEEP.yaml")
     s.add_argument("overrides", nargs="*", metavar="key=value")
     store_arg(s)
-    s.add_argument("--backend", default="local", help="executor (default: local)")
+    s.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="local processes (default) or Ray tasks (pip install 'groklab[ray]')")
+    s.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    s.add_argument("--ray-address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray is started)")
+    s.add_argument("--gpus-per-pack", type=float, default=0.0, help="Ray resources per pack (e.g. 0.25)")
+    s.add_argument("--cpus-per-pack", type=float, default=1.0, help="Ray resources per pack (default 1)")
     s.add_argument("--resume", action="store_true",
-                   help="continue a sweep: runs already in the store are skipped (always the case)")
+                   help="continue a sweep (the default anyway): stored runs are skipped, unfinished packs "
+                        "continue from their last checkpoint")
     s.add_argument("--pack-size", type=int, default=None,
                    help="max runs trained together in one pack (default 64; 1 = one at a time)")
     s.add_argument("--json", action="store_true", help="print one JSON summary per run on stdout")
@@ -191,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"groklab {a.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished runs are in the store, re-run the same command to continue", file=sys.stderr)
+        print("interrupted: finished runs are in the store and unfinished packs are checkpointed; "
+              "re-run the same command (or add --resume) to continue", file=sys.stderr)
         return 130
     except Exception:
         traceback.print_exc()

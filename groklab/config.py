@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,8 +29,14 @@ MODULAR_OPS = (
     "x^3+xy^2+y",
 )
 S5_OPS = ("x*y", "x*y*x^-1", "x*y*x")
-TASK_OPS = {"modular": MODULAR_OPS, "s5": S5_OPS}
-DEFAULT_OP = {"modular": "x+y", "s5": "x*y"}
+TASK_OPS = {
+    "modular": MODULAR_OPS,
+    "s5": S5_OPS,
+    "parity": ("parity",),
+    "sequence": ("sort", "reverse", "copy"),
+    "digits": ("classify",),
+}
+DEFAULT_OP = {"modular": "x+y", "s5": "x*y", "parity": "parity", "sequence": "sort", "digits": "classify"}
 
 
 class ConfigError(ValueError):
@@ -45,10 +52,15 @@ def _is_prime(n: int) -> bool:
 
 
 class TaskConfig(_Strict):
-    name: Literal["modular", "s5"] = "modular"
+    name: Literal["modular", "s5", "parity", "sequence", "digits"] = "modular"
     op: str | None = None
     modulus: int = Field(97, ge=2, le=2000)
     train_frac: float = 0.5
+    train_size: int | None = Field(None, ge=1)
+    bits: int = Field(10, ge=2, le=16)
+    k: int = Field(3, ge=1)
+    symbols: int = Field(5, ge=2, le=16)
+    length: int = Field(5, ge=2, le=8)
 
     @field_validator("modulus")
     @classmethod
@@ -74,16 +86,23 @@ class TaskConfig(_Strict):
                 f"task.op: {self.op!r} is not an operation of task {self.name!r}; "
                 f"allowed: {', '.join(allowed)}"
             )
+        if self.name == "parity" and self.k > self.bits:
+            raise ValueError(f"task.k ({self.k}) must be <= task.bits ({self.bits})")
+        if self.name == "sequence" and self.symbols**self.length > 200_000:
+            raise ValueError("task.symbols ** task.length must be <= 200000 (the task holds every sequence)")
         return self
 
 
+NORMS = {"transformer": ("post", "pre", "none"), "mlp": ("none", "batch", "layer"), "resmlp": ("none", "batch", "layer")}
+
+
 class ModelConfig(_Strict):
-    kind: Literal["transformer", "mlp"] = "transformer"
+    kind: Literal["transformer", "mlp", "resmlp"] = "transformer"
     layers: int = Field(2, ge=1, le=64)
     width: int = Field(128, ge=1, le=65536)
     heads: int = Field(4, ge=1)
     mlp_ratio: int = Field(4, ge=1)
-    norm: Literal["pre", "post", "none"] = "post"
+    norm: Literal["pre", "post", "none", "batch", "layer"] | None = None
     activation: Literal["relu", "gelu", "quadratic"] | None = None
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     init_scale: float = Field(1.0, gt=0.0)
@@ -92,11 +111,28 @@ class ModelConfig(_Strict):
     def _shapes(self) -> ModelConfig:
         if self.activation is None:
             self.activation = "gelu" if self.kind == "transformer" else "relu"
+        if self.norm is None:
+            self.norm = "post" if self.kind == "transformer" else "none"
+        if self.norm not in NORMS[self.kind]:
+            raise ValueError(f"model.norm: {self.norm!r} is not available for model.kind={self.kind}; "
+                             f"allowed: {', '.join(NORMS[self.kind])}")
         if self.kind == "transformer" and self.width % self.heads:
             raise ValueError(
                 f"model.width ({self.width}) must be divisible by model.heads ({self.heads})"
             )
         return self
+
+
+class GrokfastConfig(_Strict):
+    """Grokfast gradient filter (Lee et al., 2024): g <- g + lamb * slow(g)."""
+
+    kind: Literal["ema", "ma"]
+    alpha: float = Field(0.98, ge=0.0, lt=1.0)  # ema
+    window: int = Field(100, ge=1, le=10_000)  # ma
+    lamb: float = Field(2.0, ge=0.0)
+
+
+SCHEDULE_GAMMA = {"exponential": 0.9995, "step": 0.5}
 
 
 class OptimConfig(_Strict):
@@ -105,26 +141,55 @@ class OptimConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = Field(1.0e-8, gt=0.0)
     weight_decay: float = Field(1.0, ge=0.0)
+    decay: Literal["decoupled", "coupled", "l1", "to_init"] | None = None
+    decay_on: Literal["all", "matrices"] = "all"
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     nesterov: bool = False
     warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["constant", "cosine", "exponential", "cyclic", "step"] = "constant"
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    gamma: float | None = Field(None, gt=0.0, le=1.0)
+    step_size: int = Field(1000, ge=1)
+    cycle_steps: int = Field(1000, ge=2)
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    base_batch_size: int = Field(512, ge=1)
+    fixed_norm: float | None = Field(None, gt=0.0)
+    grokfast: GrokfastConfig | None = None
+    orthograd: bool = False
 
     @model_validator(mode="after")
-    def _nesterov(self) -> OptimConfig:
+    def _resolve(self) -> OptimConfig:
         if self.nesterov and (self.name != "sgd" or self.momentum <= 0):
             raise ValueError("optim.nesterov: needs optim.name=sgd and optim.momentum > 0")
+        if self.decay is None:
+            self.decay = "decoupled" if self.name == "adamw" else "coupled"
+        if self.gamma is None:
+            self.gamma = SCHEDULE_GAMMA.get(self.schedule, 1.0)
         return self
-
-    @field_validator("betas")
-    @classmethod
-    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= b < 1.0 for b in v):
-            raise ValueError(f"both betas must lie in [0, 1), got {list(v)}")
-        return v
-
 
 class StopConfig(_Strict):
     after_grok: int = Field(0, ge=0)
+
+
+class BatchSchedule(_Strict):
+    """ramp: batch size from `start` to `end` over `steps` (linear or geometric), then `end`.
+    adaptive: start at `start`; every `check_every` steps double it (up to `end`) while the measured
+    gradient noise scale B_simple (McCandlish et al., 2018) exceeds it."""
+
+    kind: Literal["ramp", "adaptive"]
+    start: int = Field(ge=1)
+    end: int = Field(ge=1)
+    steps: int = Field(1000, ge=1)
+    shape: Literal["linear", "geometric"] = "linear"
+    check_every: int = Field(100, ge=1)
+    ema: float = Field(0.9, ge=0.0, lt=1.0)
+
+    def at(self, step: int) -> int:
+        """Batch size of update `step` for a ramp."""
+        f = min(step / self.steps, 1.0)
+        if self.shape == "linear":
+            return max(1, round(self.start + (self.end - self.start) * f))
+        return max(1, round(self.start * (self.end / self.start) ** f))
 
 
 class TrainConfig(_Strict):
@@ -134,6 +199,22 @@ class TrainConfig(_Strict):
     seed: int = Field(0, ge=0, lt=2**31)
     stop: StopConfig = StopConfig()
     device: str = "auto"
+    loss: Literal["cross_entropy", "stablemax", "mse"] = "cross_entropy"
+    sampling: Literal["without_replacement", "with_replacement"] = "without_replacement"
+    accumulate: int = Field(1, ge=1, le=1024)
+    batch_schedule: BatchSchedule | None = None
+    init_from: str | None = None
+    save_weights: bool = True
+    checkpoint_every: int = Field(1000, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"got {v!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+        return v
 
 
 class MetricsConfig(_Strict):
@@ -165,14 +246,23 @@ PER_RUN_KEYS = (
     "optim.weight_decay",
     "optim.momentum",
     "optim.warmup_steps",
+    "optim.min_lr_ratio",
+    "optim.gamma",
+    "optim.step_size",
+    "optim.cycle_steps",
+    "optim.fixed_norm",
+    "optim.grokfast.alpha",
+    "optim.grokfast.lamb",
     "model.init_scale",
     "model.dropout",
     "train.seed",
     "train.steps",
     "train.stop.after_grok",
+    "train.init_from",
+    "train.save_weights",
     "metrics.threshold",
 )
-_NOT_HASHED = ("train.device",)
+_NOT_HASHED = ("train.device", "train.save_weights", "train.checkpoint_every")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -190,7 +280,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _drop(d: dict[str, Any], dotted: str) -> None:
     *parents, leaf = dotted.split(".")
     for p in parents:
-        d = d.get(p, {})
+        d = d.get(p) or {}
     d.pop(leaf, None)
 
 
@@ -205,8 +295,10 @@ def run_id(cfg: Config) -> str:
 def pack_key(cfg: Config) -> str:
     """Runs with equal pack keys share every shape and can train in lockstep in one pack."""
     d = cfg.resolved()
-    for key in PER_RUN_KEYS:
+    for key in PER_RUN_KEYS + ("train.checkpoint_every",):
         _drop(d, key)
+    if cfg.train.batch_schedule is not None and cfg.train.batch_schedule.kind == "adaptive":
+        d["run"] = run_id(cfg)  # each adaptive run follows its own batch size: a pack of its own
     return json.dumps(d, sort_keys=True)
 
 
@@ -282,7 +374,7 @@ def _format_validation(e: ValidationError, prefix: str = "") -> str:
             msg = f"got {err.get('input')!r}; allowed: {err['ctx']['expected']}"
         elif "input" in err and err["type"] not in ("missing", "value_error"):
             msg = f"{msg} (got {err['input']!r})"
-        if msg.startswith("task.op:"):
+        if re.match(r"^[a-z_]+\.[a-z_.]+ ?[:(]", msg):  # a model validator naming its own key
             lines.append(msg)
         else:
             lines.append(f"{key or '(config)'}: {msg}")
@@ -293,11 +385,13 @@ def _allowed_keys(section: str) -> list[str]:
     model: type[BaseModel] = Config
     for part in [p for p in section.split(".") if p]:
         field = model.model_fields.get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(
-            field.annotation, BaseModel
-        ):
+        if field is None:
             return []
-        model = field.annotation
+        candidates = (field.annotation, *get_args(field.annotation))
+        sub = [a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sub:
+            return []
+        model = sub[0]
     return list(model.model_fields)
 
 

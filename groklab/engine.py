@@ -1,10 +1,10 @@
 """The Pack: R runs trained in lockstep, and the one step loop every run goes through.
 
 Every parameter is stacked with a leading run axis [R, ...]; every per-run hyperparameter is a
-tensor [R]. Each run owns three generators derived from its seed (data split, init, batch order;
-a fourth for dropout masks), so its curves are the same whichever runs share its pack. A run that
-produces a NaN/Inf loss or gradient is frozen at once and marked `diverged` at the next
-evaluation; runs that finish leave the pack there (compaction), so no compute is spent on them.
+tensor [R]. Each run owns generators derived from its seed (data split, init, batch order, dropout
+masks), so its curves are the same whichever runs share its pack. A run that produces a NaN/Inf
+loss or gradient is frozen at once and marked `diverged` at the next evaluation; runs that finish
+leave the pack there (compaction), so no compute is spent on them.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from groklab import metrics, models, optim
-from groklab.config import Config, pack_key
-from groklab.tasks import make_task, split
+from groklab.config import Config, ConfigError, pack_key
+from groklab.tasks import Task, make_task, split
 
 # Examples per run and chunk are chosen so one evaluation forward holds about this many rows.
 EVAL_ROWS = 16384
+
+Weights = dict[str, dict[str, torch.Tensor]]  # {"params": {...}, "buffers": {...}} of one run
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,7 +43,7 @@ def run_generator(seed: int, stream: int) -> torch.Generator:
 
 @dataclass
 class RunResult:
-    """A finished run: events, status, final metrics and full evaluation curves."""
+    """A finished run: events, status, final metrics, full evaluation curves, final weights."""
 
     run_id: str
     config: dict[str, Any]
@@ -52,13 +54,28 @@ class RunResult:
     steps_run: int
     wall_seconds: float
     final: dict[str, float | None]
-    curves: dict[str, list[float]] = field(repr=False)  # "step" and every EVAL_METRICS name
+    curves: dict[str, list[float]] = field(repr=False)  # "step", EVAL_METRICS and COUNTERS
+    weights: Weights | None = field(default=None, repr=False)
 
     @property
     def grok_delay(self) -> int | None:
         if self.grokked_step is None or self.memorized_step is None:
             return None
         return self.grokked_step - self.memorized_step
+
+    def _at_grok(self, name: str) -> float | None:
+        if self.grokked_step is None:
+            return None
+        return self.curves[name][self.curves["step"].index(self.grokked_step)]
+
+    @property
+    def grokked_samples(self) -> int | None:
+        v = self._at_grok("samples")
+        return None if v is None else int(v)
+
+    @property
+    def grokked_seconds(self) -> float | None:
+        return self._at_grok("seconds")
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary of DESIGN.md."""
@@ -68,6 +85,8 @@ class RunResult:
             "memorized_step": self.memorized_step,
             "grokked_step": self.grokked_step,
             "grok_delay": self.grok_delay,
+            "grokked_samples": self.grokked_samples,
+            "grokked_seconds": None if self.grokked_seconds is None else round(self.grokked_seconds, 3),
             "diverged_step": self.diverged_step,
             "steps_run": self.steps_run,
             "wall_seconds": round(self.wall_seconds, 3),
@@ -77,35 +96,86 @@ class RunResult:
 
 
 class BatchSampler:
-    """Per-run minibatch positions [R, b]: epoch-wise shuffling without replacement.
+    """Per-run minibatch positions [R, b] from each run's own generator.
 
-    Runs in a pack share train size and batch size, so their epochs end on the same step and each
-    epoch costs one randperm per run, from that run's own generator. A batch that crosses an epoch
-    boundary takes the end of one permutation and the start of the next.
+    without_replacement: epoch-wise shuffling. Runs in a pack share train size and batch size, so
+    their epochs end on the same step; each epoch costs one randperm per run, and a batch that crosses
+    an epoch boundary takes the end of one permutation and the start of the next (so k batches of b
+    are exactly one batch of k*b: gradient accumulation sees the same examples as the big batch).
+    with_replacement: b independent uniform draws per run and step.
     """
 
-    def __init__(self, generators: list[torch.Generator], n: int, batch_size: int):
-        self.generators, self.n, self.b = generators, n, batch_size
+    def __init__(self, generators: list[torch.Generator], n: int, replacement: bool = False):
+        self.generators, self.n, self.replacement = generators, n, replacement
         self.buffer = torch.empty(len(generators), 0, dtype=torch.long)
 
-    def next(self) -> torch.Tensor:
-        if self.b >= self.n:  # full batch
+    def next(self, b: int) -> torch.Tensor:
+        if self.replacement:
+            return torch.stack([torch.randint(self.n, (b,), generator=g) for g in self.generators])
+        if b >= self.n:  # full batch
             return torch.arange(self.n).expand(len(self.generators), -1)
-        while self.buffer.shape[1] < self.b:
+        while self.buffer.shape[1] < b:
             perms = torch.stack([torch.randperm(self.n, generator=g) for g in self.generators])
             self.buffer = torch.cat([self.buffer, perms], dim=1)
-        out, self.buffer = self.buffer[:, : self.b], self.buffer[:, self.b :]
+        out, self.buffer = self.buffer[:, :b], self.buffer[:, b:]
         return out
 
-    def select(self, keep: torch.Tensor) -> None:
-        self.generators = [self.generators[i] for i in keep.tolist()]
-        self.buffer = self.buffer[keep.cpu()]
+    def select(self, keep: list[int]) -> None:
+        self.generators = [self.generators[i] for i in keep]
+        self.buffer = self.buffer[keep]
+
+
+def per_example_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Loss per example [R, B] from logits [R, B, L, C] and labels [R, B, L] (mean over L).
+
+    cross_entropy; stablemax: cross-entropy under StableMax, s(x) = x + 1 for x >= 0 else 1/(1 - x),
+    p_i = s(x_i) / sum_j s(x_j) (Prieto et al., 2025); mse: squared error against one-hot targets,
+    averaged over classes.
+    """
+    logits = logits.float()
+    if kind == "cross_entropy":
+        ce = F.cross_entropy(logits.flatten(0, 2), labels.flatten(), reduction="none").view(labels.shape)
+    elif kind == "stablemax":
+        s = torch.where(logits >= 0, logits + 1, 1 / (1 - logits.clamp(max=0)))
+        logp = torch.log(s) - torch.log(s.sum(-1, keepdim=True))
+        ce = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    else:
+        onehot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+        ce = (logits - onehot).pow(2).mean(-1)
+    return ce.mean(-1)
+
+
+class NoiseScale:
+    """Simple gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al., 2018), estimated
+    each step from the gradients of the two halves of the batch and of the whole batch, with
+    exponential moving averages of numerator and denominator."""
+
+    def __init__(self, ema: float):
+        self.ema, self.trace, self.g2 = ema, None, None
+
+    def update(self, g_halves: list[list[torch.Tensor]], b: int) -> None:
+        small = sum(sum(g.pow(2).sum() for g in gs) for gs in g_halves) / len(g_halves)
+        big = sum(((a + c) / 2).pow(2).sum() for a, c in zip(*g_halves))
+        b_small, b_big = b / 2, b
+        g2 = (b_big * big - b_small * small) / (b_big - b_small)
+        trace = (small - big) / (1 / b_small - 1 / b_big)
+        if self.g2 is None:
+            self.g2, self.trace = g2, trace
+        else:
+            self.g2 = self.ema * self.g2 + (1 - self.ema) * g2
+            self.trace = self.ema * self.trace + (1 - self.ema) * trace
+
+    @property
+    def value(self) -> float:
+        if self.g2 is None:
+            return float("nan")
+        return float(self.trace / self.g2) if float(self.g2) > 0 else float("inf")
 
 
 class Pack:
     """R compatible runs (equal `pack_key`) with stacked parameters and optimizer state."""
 
-    def __init__(self, configs: list[Config]):
+    def __init__(self, configs: list[Config], init_weights: dict[str, Weights] | None = None):
         if not configs:
             raise ValueError("a pack needs at least one run")
         if len({pack_key(c) for c in configs}) != 1:
@@ -113,33 +183,53 @@ class Pack:
         self.configs = list(configs)
         self.cfg = cfg = configs[0]
         self.device = dev = resolve_device(cfg.train.device)
-        task = make_task(cfg.task)
-        self.inputs, self.labels = task.inputs.to(dev), task.labels.to(dev)
+        self.task: Task = make_task(cfg.task)
+        self.inputs, self.labels = self.task.inputs.to(dev), self.task.labels.to(dev)
         seeds = [c.train.seed for c in configs]
 
-        splits = [split(task, c.task.train_frac, run_generator(s, 0)) for c, s in zip(configs, seeds)]
+        splits = [split(self.task, c.task, run_generator(s, 0)) for c, s in zip(configs, seeds)]
         self.train_idx = torch.stack([tr for tr, _ in splits]).to(dev)
         self.val_idx = torch.stack([va for _, va in splits]).to(dev)
 
         stacked: dict[str, list[torch.Tensor]] = {}
+        stacked_buffers: dict[str, list[torch.Tensor]] = {}
         for c, s in zip(configs, seeds):
-            p, scaled = models.init(cfg.model, task, run_generator(s, 1))
+            p, scaled, buffers = models.init(cfg.model, self.task, run_generator(s, 1))
+            p = {k: v * c.model.init_scale if k in scaled else v for k, v in p.items()}
+            if c.train.init_from is not None:
+                p, buffers = _load(c, (init_weights or {}).get(c.train.init_from), p, buffers)
             for k, v in p.items():
-                stacked.setdefault(k, []).append(v * c.model.init_scale if k in scaled else v)
+                stacked.setdefault(k, []).append(v)
+            for k, v in buffers.items():
+                stacked_buffers.setdefault(k, []).append(v)
         self.params = {k: torch.stack(v).to(dev).requires_grad_() for k, v in stacked.items()}
+        self.buffers = {k: torch.stack(v).to(dev) for k, v in stacked_buffers.items()}
+        # Decay on every parameter, or only on weight matrices (not embeddings, biases, norm gains).
+        self.decay_on = set(self.params) if cfg.optim.decay_on == "all" else {k for k in self.params if k.endswith(".w")}
 
         self.hyper = optim.Hyper.from_configs(configs, dev)
         self.opt_state = optim.OptimState()
-        self.sampler = BatchSampler([run_generator(s, 2) for s in seeds], self.train_idx.shape[1], cfg.train.batch_size)
+        if cfg.optim.decay == "to_init":
+            self.opt_state.init = {k: p.detach().clone() for k, p in self.params.items()}
+        self.fixed_norm = any(c.optim.fixed_norm for c in configs)
+        replacement = cfg.train.sampling == "with_replacement"
+        self.sampler = BatchSampler([run_generator(s, 2) for s in seeds], self.train_idx.shape[1], replacement)
         self.dropout_gens = [run_generator(s, 3) for s in seeds]
         self.dropout_p = torch.tensor([c.model.dropout for c in configs], device=dev)
+        self.use_dropout = any(c.model.dropout > 0 for c in configs)
         self.diverged_at = torch.full((len(configs),), -1, dtype=torch.long, device=dev)
         self.step = 0
+        self.evaluated_step = -1
+        self.samples = 0
+        sched = cfg.train.batch_schedule
+        self.batch_size = sched.start if sched is not None else cfg.train.batch_size
+        self.noise = NoiseScale(sched.ema) if sched is not None and sched.kind == "adaptive" else None
+        self.start_time = time.perf_counter()
 
         # Host-side bookkeeping per run, compacted together with the tensors above.
         self.end_step = [c.train.steps for c in configs]
         self.curves: list[dict[str, list[float]]] = [
-            {k: [] for k in ("step", *metrics.EVAL_METRICS)} for _ in configs
+            {k: [] for k in ("step", *metrics.EVAL_METRICS, *metrics.COUNTERS)} for _ in configs
         ]
         self.memorized: list[int | None] = [None] * len(configs)
         self.grokked: list[int | None] = [None] * len(configs)
@@ -153,30 +243,57 @@ class Pack:
         p = self.dropout_p.view(-1, *([1] * (x.dim() - 1)))
         return x * (u >= p) / (1 - p)
 
-    def loss(self, positions: torch.Tensor, train: bool = True) -> torch.Tensor:
-        """Mean cross-entropy per run [R] on train-set positions [R, b]."""
+    def forward(self, idx: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [R, B, L, C] and labels [R, B, L] for dataset indices idx [R, B]."""
+        drop = self._dropout if train and self.use_dropout else models.no_dropout
+        logits = models.forward(self.params, self.inputs[idx], self.cfg.model, self.task, drop, self.buffers, train)
+        labels = self.labels[idx]
+        return logits, labels.view(*idx.shape, -1)
+
+    def loss(self, positions: torch.Tensor) -> torch.Tensor:
+        """Training loss per run [R] on train-set positions [R, b]."""
         idx = self.train_idx.gather(1, positions.to(self.device))
-        use_dropout = train and bool((self.dropout_p > 0).any())
-        logits = models.forward(
-            self.params, self.inputs[idx], self.cfg.model, self._dropout if use_dropout else models.no_dropout
-        )
-        ce = F.cross_entropy(logits.flatten(0, 1), self.labels[idx].flatten(), reduction="none")
-        return ce.view(self.size, -1).mean(1)
+        logits, labels = self.forward(idx, train=True)
+        return per_example_loss(self.cfg.train.loss, logits, labels).mean(1)
+
+    def _grads(self, positions: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        loss = self.loss(positions)
+        # Runs never mix, so the gradient of the sum is each run's own gradient.
+        return loss.detach(), list(torch.autograd.grad(loss.sum(), list(self.params.values())))
 
     def train_step(self) -> None:
-        loss = self.loss(self.sampler.next())
-        names = list(self.params)
-        # Runs never mix, so the gradient of the sum is each run's own gradient.
-        grads = torch.autograd.grad(loss.sum(), [self.params[k] for k in names])
-        gsum = sum(g.detach().flatten(1).sum(1) for g in grads)
-        finite = torch.isfinite(loss.detach()) & torch.isfinite(gsum)
+        t, cfg = self.cfg.train, self.cfg
+        if t.batch_schedule is not None and t.batch_schedule.kind == "ramp":
+            self.batch_size = t.batch_schedule.at(self.step)
+        b, k = self.batch_size, t.accumulate
+        positions = self.sampler.next(b * k)
+        if self.noise is not None and b >= 2:
+            # Adaptive batch: the two halves give the noise-scale measurement and, averaged, the gradient.
+            halves = [self._grads(positions[:, : b // 2]), self._grads(positions[:, b // 2 : 2 * (b // 2)])]
+            loss = (halves[0][0] + halves[1][0]) / 2
+            grads = [(a + c) / 2 for a, c in zip(halves[0][1], halves[1][1])]
+            self.noise.update([h[1] for h in halves], 2 * (b // 2))
+        else:
+            loss, grads = self._grads(positions[:, :b])
+            for j in range(1, k):  # gradient accumulation: the mean of k micro-batch means
+                lj, gj = self._grads(positions[:, j * b : (j + 1) * b])
+                loss, grads = loss + lj, [g + h for g, h in zip(grads, gj)]
+            if k > 1:
+                loss, grads = loss / k, [g / k for g in grads]
+        gsum = sum(g.flatten(1).sum(1) for g in grads)
+        finite = torch.isfinite(loss) & torch.isfinite(gsum)
         self.diverged_at = torch.where(~finite & (self.diverged_at < 0), self.step, self.diverged_at)
-        lr = optim.lr_at(self.hyper, self.step)
+        lr = optim.lr_at(self.hyper, self.step, cfg.optim.schedule, optim.batch_scale(cfg.optim, b * k))
         optim.step(
-            self.cfg.optim.name, self.params, dict(zip(names, grads)), self.opt_state, self.hyper, lr,
-            ok=self.diverged_at < 0, nesterov=self.cfg.optim.nesterov,
+            cfg.optim, self.params, dict(zip(self.params, grads)), self.opt_state, self.hyper, lr,
+            ok=self.diverged_at < 0, decay_on=self.decay_on, fixed_norm=self.fixed_norm,
         )
         self.step += 1
+        self.samples += b * k
+        sched = t.batch_schedule
+        if self.noise is not None and sched is not None and self.step % sched.check_every == 0:
+            if self.noise.value > self.batch_size and self.batch_size < sched.end:
+                self.batch_size = min(2 * self.batch_size, sched.end)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, torch.Tensor]:
@@ -187,16 +304,15 @@ class Pack:
             loss_sum = torch.zeros(self.size, device=self.device)
             correct = torch.zeros(self.size, device=self.device)
             for s in range(0, idx.shape[1], chunk):
-                gi = idx[:, s : s + chunk]
-                logits = models.forward(self.params, self.inputs[gi], self.cfg.model)
-                labels = self.labels[gi]
-                ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none")
-                loss_sum += ce.view(self.size, -1).sum(1)
-                correct += (logits.argmax(-1) == labels).sum(1)
+                logits, labels = self.forward(idx[:, s : s + chunk], train=False)
+                loss_sum += per_example_loss(self.cfg.train.loss, logits, labels).sum(1)
+                correct += (logits.argmax(-1) == labels).all(-1).sum(1)
             out[f"{name}_loss"] = loss_sum / idx.shape[1]
             out[f"{name}_acc"] = correct / idx.shape[1]
         out["param_norm"] = sum(p.detach().pow(2).flatten(1).sum(1) for p in self.params.values()).sqrt()
-        out["lr"] = optim.lr_at(self.hyper, max(self.step - 1, 0))
+        b = self.batch_size * self.cfg.train.accumulate
+        out["lr"] = optim.lr_at(self.hyper, max(self.step - 1, 0), self.cfg.optim.schedule,
+                                optim.batch_scale(self.cfg.optim, b))
         return out
 
     def _record(self) -> list[int]:
@@ -207,6 +323,9 @@ class Pack:
         """
         ev = self.evaluate()
         table = torch.stack([ev[k] for k in metrics.EVAL_METRICS], dim=1).cpu().tolist()
+        counters = {"samples": self.samples, "batch_size": self.batch_size * self.cfg.train.accumulate,
+                    "seconds": time.perf_counter() - self.start_time,
+                    "noise_scale": self.noise.value if self.noise is not None else float("nan")}
         diverged = self.diverged_at.cpu().tolist()
         done = []
         for r, row in enumerate(table):
@@ -216,6 +335,8 @@ class Pack:
             c["step"].append(self.step)
             for k, v in zip(metrics.EVAL_METRICS, row):
                 c[k].append(v)
+            for k in metrics.COUNTERS:
+                c[k].append(counters[k])
             thr = cfg.metrics.threshold
             if self.memorized[r] is None and row[1] >= thr:
                 self.memorized[r] = self.step
@@ -227,30 +348,36 @@ class Pack:
                 done.append(r)
         return done
 
-    def _result(self, r: int, wall: float) -> RunResult:
-        c = self.curves[r]
+    def _result(self, r: int) -> RunResult:
+        c, cfg = self.curves[r], self.configs[r]
         diverged = int(self.diverged_at[r])
         final = {k: _clean(c[k][-1]) for k in ("train_acc", "val_acc", "train_loss", "val_loss")}
+        weights = None
+        if cfg.train.save_weights:
+            weights = {"params": {k: p[r].detach().cpu().clone() for k, p in self.params.items()},
+                       "buffers": {k: b[r].cpu().clone() for k, b in self.buffers.items()}}
         return RunResult(
-            run_id=self.configs[r].run_id,
-            config=self.configs[r].resolved(),
+            run_id=cfg.run_id,
+            config=cfg.resolved(),
             status=metrics.status(c["train_acc"], self.memorized[r], self.grokked[r], diverged >= 0),
             memorized_step=self.memorized[r],
             grokked_step=self.grokked[r],
             diverged_step=diverged if diverged >= 0 else None,
             steps_run=diverged if diverged >= 0 else self.step,
-            wall_seconds=wall,
+            wall_seconds=time.perf_counter() - self.start_time,
             final=final,
             curves={k: (vals if k == "step" else [_clean(v) for v in vals]) for k, vals in c.items()},
+            weights=weights,
         )
 
     def compact(self, keep: list[int]) -> None:
         """Drop every run not in `keep` from all stacked tensors and host lists."""
         k = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.params = {n: p.detach()[k].requires_grad_() for n, p in self.params.items()}
+        self.buffers = {n: b[k] for n, b in self.buffers.items()}
         self.opt_state = self.opt_state.select(k)
         self.hyper = self.hyper.select(k)
-        self.sampler.select(k)
+        self.sampler.select(keep)
         self.train_idx, self.val_idx = self.train_idx[k], self.val_idx[k]
         self.dropout_p, self.diverged_at = self.dropout_p[k], self.diverged_at[k]
         self.dropout_gens = [self.dropout_gens[i] for i in keep]
@@ -261,20 +388,36 @@ class Pack:
         every = self.cfg.train.eval_every
         return min(min(self.end_step), (self.step // every + 1) * every)
 
+    def _is_eval_point(self) -> bool:
+        every = self.cfg.train.eval_every
+        return self.step % every == 0 or self.step in self.end_step
+
     def run(
         self,
         on_finish: Callable[[RunResult], None] | None = None,
         progress: Callable[[int, int, int], None] | None = None,
+        checkpoint: Callable[[Pack], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        resumed: bool = False,
     ) -> list[RunResult]:
-        """Train until every run has finished. `on_finish` gets each run as it leaves the pack;
-        `progress(step, active_runs, grokked_runs)` is called after every evaluation."""
-        start = time.perf_counter()
+        """Train until every run has finished.
+
+        `on_finish` gets each run as it leaves the pack; `progress(step, active_runs, grokked_runs)` is
+        called after every evaluation; `checkpoint(pack)` after the first evaluation past every
+        `train.checkpoint_every` steps, and when `should_stop()` turns true (then `Interrupted` is
+        raised). `resumed`: the pack was loaded from a checkpoint, so its current step may already
+        be evaluated.
+        """
+        if not resumed:
+            self.start_time = time.perf_counter()
         results: list[RunResult] = []
+        every = self.cfg.train.checkpoint_every
 
         def evaluate_and_release() -> None:
             done = self._record()
+            self.evaluated_step = self.step
             for r in done:
-                res = self._result(r, time.perf_counter() - start)
+                res = self._result(r)
                 results.append(res)
                 if on_finish:
                     on_finish(res)
@@ -284,13 +427,40 @@ class Pack:
                 grokked = sum(x.grokked_step is not None for x in results) + sum(g is not None for g in self.grokked)
                 progress(self.step, self.size, grokked)
 
-        evaluate_and_release()
+        if not resumed or (self.evaluated_step != self.step and self._is_eval_point()):
+            evaluate_and_release()
+        last_checkpoint = self.step
         while self.size:
             target = self._next_eval()
             while self.step < target:
                 self.train_step()
+                if should_stop is not None and should_stop():
+                    if checkpoint is not None:
+                        checkpoint(self)
+                    raise Interrupted(self.step)
             evaluate_and_release()
+            if checkpoint is not None and every and self.size and self.step - last_checkpoint >= every:
+                checkpoint(self)
+                last_checkpoint = self.step
         return results
+
+
+class Interrupted(Exception):
+    """Training stopped on request (SIGINT/SIGTERM) after checkpointing."""
+
+
+def _load(cfg: Config, weights: Weights | None, fresh: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]):
+    """Start from another run's final weights (`train.init_from`), checking that the shapes match."""
+    if weights is None:
+        raise ConfigError(f"train.init_from: no stored weights for run {cfg.train.init_from!r}")
+    got = weights["params"]
+    want = {k: tuple(v.shape) for k, v in fresh.items()}
+    have = {k: tuple(v.shape) for k, v in got.items()}
+    if want != have:
+        raise ConfigError(
+            f"train.init_from: run {cfg.train.init_from!r} has parameters {have}, this model needs {want}"
+        )
+    return {k: v.clone() for k, v in got.items()}, {k: v.clone() for k, v in weights.get("buffers", {}).items()}
 
 
 def _clean(v: float) -> float | None:
@@ -301,6 +471,7 @@ def train(
     configs: list[Config],
     on_finish: Callable[[RunResult], None] | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    init_weights: dict[str, Weights] | None = None,
 ) -> list[RunResult]:
     """Train compatible runs as one pack. A single run is a pack of one."""
-    return Pack(configs).run(on_finish, progress)
+    return Pack(configs, init_weights).run(on_finish, progress)

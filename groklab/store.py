@@ -7,6 +7,8 @@ store or not at all. Readers see pandas DataFrames.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -20,7 +22,7 @@ from groklab import __version__
 from groklab.config import flatten
 from groklab.engine import RunResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_PATH = "groklab.db"
 
 SCHEMA = """
@@ -32,6 +34,8 @@ CREATE TABLE IF NOT EXISTS runs (
     memorized_step INTEGER,
     grokked_step INTEGER,
     grok_delay INTEGER,
+    grokked_samples INTEGER,
+    grokked_seconds REAL,
     diverged_step INTEGER,
     steps_run INTEGER NOT NULL,
     wall_seconds REAL NOT NULL,
@@ -53,12 +57,30 @@ CREATE TABLE IF NOT EXISTS sweeps (
     spec TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS claims (
+    run_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    heartbeat REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sweep_runs (
     sweep TEXT NOT NULL REFERENCES sweeps(name) ON DELETE CASCADE,
     run_id TEXT NOT NULL,
     PRIMARY KEY (sweep, run_id)
 );
 """
+
+
+# Statements that take a store from version v to v + 1.
+MIGRATIONS = {
+    1: [
+        "ALTER TABLE runs ADD COLUMN grokked_samples INTEGER",
+        "ALTER TABLE runs ADD COLUMN grokked_seconds REAL",
+        "CREATE TABLE IF NOT EXISTS claims (run_id TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, "
+        "pid INTEGER NOT NULL, heartbeat REAL NOT NULL)",
+    ],
+}
 
 
 class StoreError(ValueError):
@@ -84,6 +106,7 @@ class Store:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if tables and "meta" not in tables:
             raise StoreError(f"--store: {str(self.path)!r} is an SQLite database but not a groklab store")
+        version = 0
         if "meta" in tables:
             row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             version = int(row[0]) if row else 0
@@ -96,12 +119,32 @@ class Store:
                 return
         self.conn.execute("PRAGMA journal_mode = WAL")
         with self.transaction():
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
+            if version == 0:
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        self.conn.execute(stmt)
+            for v in range(version or SCHEMA_VERSION, SCHEMA_VERSION):  # a new store is created current
+                for stmt in MIGRATIONS[v]:
                     self.conn.execute(stmt)
             self.conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+
+    @property
+    def weights_dir(self) -> Path:
+        """Final weights of runs with train.save_weights, one file per run, beside the database."""
+        return self.path.with_name(self.path.name + ".weights")
+
+    def save_weights(self, run_id: str, weights: dict) -> None:
+        self.weights_dir.mkdir(exist_ok=True)
+        final = self.weights_dir / f"{run_id}.pt"
+        tmp = final.with_suffix(f".tmp{os.getpid()}")
+        torch.save(weights, tmp)
+        os.replace(tmp, final)
+
+    def load_weights(self, run_id: str) -> dict | None:
+        f = self.weights_dir / f"{run_id}.pt"
+        return torch.load(f, weights_only=True) if f.exists() else None
 
     def transaction(self) -> _Transaction:
         return _Transaction(self.conn)
@@ -121,20 +164,27 @@ class Store:
         rows = [
             (res.run_id, step, name, value)
             for name, values in res.curves.items()
-            if name != "step"
+            # wall time is not a result (it lives in the runs row); a counter never measured is no row
+            if name not in ("step", "seconds") and any(v is not None for v in values)
             for step, value in zip(res.curves["step"], values)
         ]
         device = res.config.get("train", {}).get("device", "auto")
+        if res.weights is not None:
+            self.save_weights(res.run_id, res.weights)
+        row = {
+            "run_id": res.run_id, "config": json.dumps(res.config, sort_keys=True), "status": res.status,
+            "memorized_step": res.memorized_step, "grokked_step": res.grokked_step, "grok_delay": res.grok_delay,
+            "grokked_samples": res.grokked_samples, "grokked_seconds": res.grokked_seconds,
+            "diverged_step": res.diverged_step, "steps_run": res.steps_run, "wall_seconds": res.wall_seconds,
+            "final": json.dumps(res.final), "groklab_version": __version__, "torch_version": torch.__version__,
+            "device": device, "finished_at": time.time(),
+        }
         with self.transaction():
             if replace:
                 self.conn.execute("DELETE FROM runs WHERE run_id = ?", (res.run_id,))
             cur = self.conn.execute(
-                "INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    res.run_id, json.dumps(res.config, sort_keys=True), res.status, res.memorized_step,
-                    res.grokked_step, res.grok_delay, res.diverged_step, res.steps_run, res.wall_seconds,
-                    json.dumps(res.final), __version__, torch.__version__, device, time.time(),
-                ),
+                f"INSERT OR IGNORE INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
             )
             if cur.rowcount:  # another process may have stored the same run first: keep one copy
                 self.conn.executemany("INSERT INTO metrics VALUES (?,?,?,?)", rows)
@@ -150,6 +200,49 @@ class Store:
             self.conn.executemany(
                 "INSERT OR IGNORE INTO sweep_runs VALUES (?, ?)", [(name, r) for r in run_ids]
             )
+
+    # ---- claims: which process trains which run --------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".ckpt")
+
+    def claim(self, run_ids: Iterable[str], owner: str) -> set[str]:
+        """Claim the runs that are neither stored nor claimed by a live process; return those won."""
+        ids = list(run_ids)
+        won = set()
+        now = time.time()
+        with self.transaction():
+            stored = self._existing("runs", ids)
+            held = {r[0]: r[1:] for r in self.conn.execute(
+                f"SELECT run_id, owner, host, pid, heartbeat FROM claims WHERE run_id IN ({','.join('?' * len(ids))})",
+                ids)}
+            for rid in ids:
+                if rid in stored:
+                    continue
+                if rid in held and held[rid][0] != owner and not _stale(*held[rid][1:], now):
+                    continue
+                self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                                  (rid, owner, socket.gethostname(), os.getpid(), now))
+                won.add(rid)
+        return won
+
+    def heartbeat(self, owner: str) -> None:
+        with self.transaction():
+            self.conn.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), owner))
+
+    def release(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
+        with self.transaction():
+            if run_ids is None:
+                self.conn.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+            else:
+                self.conn.executemany("DELETE FROM claims WHERE owner = ? AND run_id = ?",
+                                      [(owner, r) for r in run_ids])
+
+    def _existing(self, table: str, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        q = f"SELECT run_id FROM {table} WHERE run_id IN ({','.join('?' * len(ids))})"
+        return {r[0] for r in self.conn.execute(q, ids)}
 
     # ---- reads --------------------------------------------------------------------------------
     def run_ids(self) -> set[str]:
@@ -182,7 +275,7 @@ class Store:
         flat = pd.DataFrame([flatten(c) for c in configs], index=df.index)
         df = pd.concat([df.drop(columns=["final"]), flat], axis=1)
         df["config"] = configs
-        for col in ("memorized_step", "grokked_step", "grok_delay", "diverged_step"):
+        for col in ("memorized_step", "grokked_step", "grok_delay", "grokked_samples", "diverged_step"):
             df[col] = df[col].astype("Int64")
         return df
 
@@ -209,8 +302,8 @@ class Store:
     def summary(self, run_id: str) -> dict[str, Any]:
         """The JSON summary of one stored run (as `groklab run --json` prints it)."""
         row = self.conn.execute(
-            "SELECT run_id, status, memorized_step, grokked_step, grok_delay, diverged_step, steps_run, "
-            "wall_seconds, final, config FROM runs WHERE run_id = ?",
+            "SELECT run_id, status, memorized_step, grokked_step, grok_delay, grokked_samples, grokked_seconds, "
+            "diverged_step, steps_run, wall_seconds, final, config FROM runs WHERE run_id = ?",
             (run_id,),
         ).fetchone()
         if row is None:
@@ -218,11 +311,33 @@ class Store:
             if len(matches) == 1:
                 return self.summary(matches[0])
             raise StoreError(f"RUN_ID: no run {run_id!r} in {self.path}" + (f" (ambiguous: {matches})" if matches else ""))
-        keys = ("run_id", "status", "memorized_step", "grokked_step", "grok_delay", "diverged_step",
-                "steps_run", "wall_seconds")
-        out = dict(zip(keys, row[:8]))
-        out["final"], out["config"] = json.loads(row[8]), json.loads(row[9])
+        keys = ("run_id", "status", "memorized_step", "grokked_step", "grok_delay", "grokked_samples",
+                "grokked_seconds", "diverged_step", "steps_run", "wall_seconds")
+        out = dict(zip(keys, row[:10]))
+        out["final"], out["config"] = json.loads(row[10]), json.loads(row[11])
+        if out["grokked_seconds"] is not None:
+            out["grokked_seconds"] = round(out["grokked_seconds"], 3)
+        out["wall_seconds"] = round(out["wall_seconds"], 3)
         return out
+
+
+STALE_SECONDS = 900.0  # a claim whose owner has not beaten for this long is taken over
+
+
+def _stale(host: str, pid: int, heartbeat: float, now: float) -> bool:
+    """A claim is stale if its owner died (same host, pid gone) or stopped beating."""
+    if now - heartbeat > STALE_SECONDS:
+        return True
+    if host == socket.gethostname():
+        if pid == os.getpid():  # an earlier owner in this very process has ended
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False
 
 
 class _Transaction:

@@ -78,7 +78,7 @@ def test_transformer_equals_reference_modules(norm, layers):
     cfg = ModelConfig(layers=layers, width=32, heads=4, norm=norm)
     p = stacked_init(cfg, task, [0, 1, 2])
     tokens = task.inputs[:50]
-    logits = models.forward(p, tokens.expand(3, -1, -1), cfg)
+    logits = models.forward(p, tokens.expand(3, -1, -1), cfg, task)[:, :, 0]
     for r in range(3):
         ref = load_reference(p, r, cfg, task)(tokens)
         torch.testing.assert_close(logits[r], ref, rtol=1e-4, atol=1e-5)
@@ -91,7 +91,7 @@ def test_mlp_equals_reference(act):
     p = stacked_init(cfg, task, [0, 1])
     tokens = task.inputs[:40]
     f = {"relu": torch.relu, "gelu": nn.functional.gelu, "quadratic": torch.square}[act]
-    logits = models.forward(p, tokens.expand(2, -1, -1), cfg)
+    logits = models.forward(p, tokens.expand(2, -1, -1), cfg, task)[:, :, 0]
     for r in range(2):
         x = torch.cat([p["tok"][r][tokens[:, 0]], p["tok"][r][tokens[:, 2]]], dim=-1)
         for i in range(2):
@@ -102,9 +102,9 @@ def test_mlp_equals_reference(act):
 def test_init_is_per_seed_and_matches_torch_default_scales():
     task = make_task(TaskConfig(modulus=97))
     cfg = ModelConfig(width=128)
-    a, scaled = models.init(cfg, task, run_generator(0, 1))
-    b, _ = models.init(cfg, task, run_generator(0, 1))
-    c, _ = models.init(cfg, task, run_generator(1, 1))
+    a, scaled, _ = models.init(cfg, task, run_generator(0, 1))
+    b, _, _ = models.init(cfg, task, run_generator(0, 1))
+    c, _, _ = models.init(cfg, task, run_generator(1, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["tok"], c["tok"])
     assert abs(a["tok"].std().item() - 1.0) < 0.05  # nn.Embedding: N(0, 1)

@@ -34,7 +34,7 @@ def test_batched_optimizer_equals_torch_per_run(name):
     ok = torch.ones(3, dtype=torch.bool)
     for t in range(5):
         grads = {"w": torch.randn(3, 4, 5, generator=g), "b": torch.randn(3, 5, generator=g)}
-        optim.step(opt_name, params, grads, state, hp, optim.lr_at(hp, t), ok, nesterov=nesterov)
+        optim.step(cfgs[0].optim, params, grads, state, hp, optim.lr_at(hp, t), ok)
         for r, (ps, opt) in enumerate(refs):
             ps[0].grad, ps[1].grad = grads["w"][r].clone(), grads["b"][r].clone()
             opt.step()
@@ -48,7 +48,7 @@ def test_frozen_runs_are_untouched():
     hp = optim.Hyper.from_configs(cfgs, torch.device("cpu"))
     params = {"w": torch.ones(2, 3)}
     state = optim.OptimState()
-    optim.step("adamw", params, {"w": torch.ones(2, 3)}, state, hp, hp.lr, torch.tensor([True, False]))
+    optim.step(cfgs[0].optim, params, {"w": torch.ones(2, 3)}, state, hp, hp.lr, torch.tensor([True, False]))
     assert not torch.equal(params["w"][0], torch.ones(3))
     assert torch.equal(params["w"][1], torch.ones(3))
     assert torch.equal(state.exp_avg["w"][1], torch.zeros(3))

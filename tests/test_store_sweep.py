@@ -34,7 +34,7 @@ def test_sweep_stores_everything_and_rerun_trains_nothing(micro, tmp_path, monke
     assert len(df) == 4 and set(df["optim.weight_decay"]) == {0.1, 1.0} and set(df["train.seed"]) == {0, 1}
     st = groklab.open_store(db)
     n_metrics = len(st.metrics())
-    assert n_metrics == 4 * 7 * 6  # runs x evals (0..120 by 20) x metrics
+    assert n_metrics == 4 * 7 * 8  # runs x evals (0..120 by 20) x metrics
     before = rows_hash(db)
 
     def boom(*a, **k):
@@ -126,7 +126,7 @@ BAD = [
     (["task.train_frac=0"], "task.train_frac: must lie strictly between 0 and 1"),
     (["task.train_frac=1.5"], "task.train_frac"),
     (["task.op=x**y"], "task.op: 'x**y' is not an operation of task 'modular'; allowed: x+y"),
-    (["model.kind=cnn"], "model.kind: got 'cnn'; allowed: 'transformer' or 'mlp'"),
+    (["model.kind=cnn"], "model.kind: got 'cnn'; allowed: 'transformer', 'mlp' or 'resmlp'"),
     (["model.norm=batch"], "model.norm"),
     (["optim.name=rmsprop"], "optim.name"),
     (["train.steps=5", "nonsense"], "must look like key=value"),
@@ -192,4 +192,4 @@ def test_cli_sweep_report_export(micro, tmp_path, capsys):
     cells = pd.read_csv(out / "cells.csv")
     assert len(cells) == 2 and cells["seeds"].tolist() == [2, 2]
     assert main(["export", "--store", str(db), "-o", str(tmp_path / "exp")]) == 0
-    assert len(pd.read_csv(tmp_path / "exp" / "metrics.csv")) == 4 * 7 * 6
+    assert len(pd.read_csv(tmp_path / "exp" / "metrics.csv")) == 4 * 7 * 8

@@ -44,10 +44,11 @@ def test_s5_composition_is_a_group_table():
 
 
 def test_split_is_seeded_disjoint_and_sized():
-    t = make_task(TaskConfig(modulus=23))
-    tr, va = split(t, 0.3, run_generator(0, 0))
-    tr2, _ = split(t, 0.3, run_generator(0, 0))
-    tr3, _ = split(t, 0.3, run_generator(1, 0))
+    cfg = TaskConfig(modulus=23, train_frac=0.3)
+    t = make_task(cfg)
+    tr, va = split(t, cfg, run_generator(0, 0))
+    tr2, _ = split(t, cfg, run_generator(0, 0))
+    tr3, _ = split(t, cfg, run_generator(1, 0))
     assert torch.equal(tr, tr2) and not torch.equal(tr, tr3)
     assert len(tr) == round(0.3 * 529) and len(tr) + len(va) == 529
     assert set(tr.tolist()).isdisjoint(va.tolist())

@@ -77,18 +77,27 @@ def _numeric(values: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 
 
-def plot_grok_vs_axis(runs: pd.DataFrame, axes: list[str], axis: str, path: Path) -> None:
-    """Grok step against one swept axis: every seed as a dot, median and quartiles per value,
-    one line per combination of the other axes; runs that never grokked drawn at the top."""
-    others = [a for a in axes if a != axis]
-    df = runs.assign(**{a: runs[a].map(tables._hashable) for a in axes})
-    numeric = _numeric(df[axis])
-    xs_all = sorted(df[axis].unique(), key=lambda v: (v is None, v))
-    pos = {v: (float(v) if numeric else i) for i, v in enumerate(xs_all)}
-    budget = float(df["train.steps"].max())
-    never_y = budget * 1.6
+GROK_MEASURES = (
+    ("grokked_step", "steps to grok"),
+    ("grokked_samples", "samples to grok (steps × batch)"),
+    ("grokked_seconds", "wall seconds to grok"),
+)
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+
+def _budget(df: pd.DataFrame, measure: str) -> float:
+    """Where 'did not grok' sits for a measure: its largest possible or observed value."""
+    if measure == "grokked_step":
+        return float(df["train.steps"].max())
+    if measure == "grokked_samples":
+        accumulate = df["train.accumulate"] if "train.accumulate" in df else 1  # stores older than the key
+        return float((df["train.steps"] * df["train.batch_size"] * accumulate).max())
+    return float(df["wall_seconds"].max())
+
+
+def _grok_panel(ax: plt.Axes, df: pd.DataFrame, axis: str, others: list[str], measure: str, ylabel: str,
+                pos: dict, numeric: bool) -> None:
+    budget = _budget(df, measure)
+    never_y = budget * 1.6
     colors = plt.get_cmap("tab10")
     groups = list(df.groupby(others, sort=True)) if others else [((), df)]
     any_never = False
@@ -99,16 +108,16 @@ def plot_grok_vs_axis(runs: pd.DataFrame, axes: list[str], axis: str, path: Path
         med_x, med_y, lo, hi = [], [], [], []
         for v, gv in g.groupby(axis, sort=True):
             x = pos[v]
-            steps = gv["grokked_step"].astype("float").to_numpy()
-            jitter = (np.arange(len(steps)) - (len(steps) - 1) / 2) * 0.03
-            xj = x * (1 + jitter) if numeric and x > 0 else x + jitter
-            ok = np.isfinite(steps)
-            ax.scatter(np.asarray(xj)[ok] if np.ndim(xj) else xj, steps[ok], s=14, color=col, alpha=0.55, zorder=3)
+            ys = gv[measure].astype("float").to_numpy()
+            spread = (np.arange(len(ys)) - (len(ys) - 1) / 2) * 0.03
+            xj = x * (1 + spread) if numeric and x > 0 else x + spread
+            ok = np.isfinite(ys)
+            ax.scatter(xj[ok], ys[ok], s=14, color=col, alpha=0.55, zorder=3)
             if (~ok).any():
                 any_never = True
-                ax.scatter(np.asarray(xj)[~ok] if np.ndim(xj) else xj, np.full((~ok).sum(), never_y), marker="v",
-                           s=28, facecolors="none", edgecolors=col, zorder=3)
-            censored = np.where(ok, steps, np.inf)
+                ax.scatter(xj[~ok], np.full((~ok).sum(), never_y), marker="v", s=28, facecolors="none",
+                           edgecolors=col, zorder=3)
+            censored = np.where(ok, ys, np.inf)
             q25, q50, q75 = np.quantile(censored, [0.25, 0.5, 0.75], method="inverted_cdf")
             if np.isfinite(q50):
                 med_x.append(x)
@@ -122,26 +131,40 @@ def plot_grok_vs_axis(runs: pd.DataFrame, axes: list[str], axis: str, path: Path
             ax.plot([], [], color=col, marker="o", label=label)
     if any_never:
         ax.axhline(budget, color="grey", lw=0.8, ls=":")
-        ax.text(0.01, never_y, " ▽ did not grok within budget", transform=ax.get_yaxis_transform(),
-                fontsize=8, va="bottom", color="dimgrey")
-    if numeric:
-        vals = np.array([float(v) for v in xs_all])
-        pos_vals = vals[vals > 0]
-        if len(pos_vals) and (vals <= 0).any():
-            ax.set_xscale("symlog", linthresh=float(pos_vals.min()))
-        elif len(pos_vals) == len(vals) and vals.max() / vals.min() >= 10:
-            ax.set_xscale("log")
-    else:
-        ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all])
-    ys = df["grokked_step"].astype("float").dropna()
-    if len(ys) and ys.max() / max(ys.min(), 1) >= 10 or any_never:
+        ax.text(0.01, never_y, " ▽ did not grok", transform=ax.get_yaxis_transform(), fontsize=8,
+                va="bottom", color="dimgrey")
+    ys = df[measure].astype("float").dropna()
+    if any_never or (len(ys) and ys.max() / max(ys.min(), 1e-9) >= 10):
         ax.set_yscale("log")
     ax.set_xlabel(axis)
-    ax.set_ylabel("grok step (val acc ≥ threshold)")
-    ax.set_title(f"Grok step vs {axis}: median, quartiles and every seed", fontsize=10)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both", lw=0.4)
+
+
+def plot_grok_vs_axis(runs: pd.DataFrame, axes: list[str], axis: str, path: Path) -> None:
+    """Time to grok against one swept axis, in steps, samples and wall seconds: every seed as a dot,
+    median and quartiles per value, one line per combination of the other axes; runs that never
+    grokked drawn as ▽ above the budget line and counted as +inf in the statistics."""
+    others = [a for a in axes if a != axis]
+    df = runs.assign(**{a: runs[a].map(tables._hashable) for a in axes})
+    numeric = _numeric(df[axis])
+    xs_all = sorted(df[axis].unique(), key=lambda v: (v is None, v))
+    pos = {v: (float(v) if numeric else i) for i, v in enumerate(xs_all)}
+    fig, panels = plt.subplots(1, 3, figsize=(15, 4.4))
+    for ax, (measure, ylabel) in zip(panels, GROK_MEASURES):
+        _grok_panel(ax, df, axis, others, measure, ylabel, pos, numeric)
+        if numeric:
+            vals = np.array([float(v) for v in xs_all])
+            positive = vals[vals > 0]
+            if len(positive) and (vals <= 0).any():
+                ax.set_xscale("symlog", linthresh=float(positive.min()))
+            elif len(positive) == len(vals) and vals.max() / vals.min() >= 10:
+                ax.set_xscale("log")
+        else:
+            ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all], rotation=20)
     if others:
-        ax.legend(fontsize=8)
+        panels[0].legend(fontsize=8)
+    fig.suptitle(f"Time to grok vs {axis}: median, quartiles and every seed", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

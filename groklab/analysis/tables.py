@@ -10,8 +10,8 @@ import pandas as pd
 
 # Config keys that never define a cell: seeds are the repeats within a cell.
 NOT_AXES = ("train.seed", "train.device")
-EVENT_COLUMNS = ["run_id", "status", "memorized_step", "grokked_step", "grok_delay", "steps_run",
-                 "final_train_acc", "final_val_acc", "wall_seconds"]
+EVENT_COLUMNS = ["run_id", "status", "memorized_step", "grokked_step", "grok_delay", "grokked_samples",
+                 "grokked_seconds", "steps_run", "final_train_acc", "final_val_acc", "wall_seconds"]
 
 
 def _hashable(v: Any) -> Any:
@@ -59,9 +59,16 @@ def cells(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
             "grok_step_min": finite.min() if len(finite) else np.nan,
             "grok_step_max": finite.max() if len(finite) else np.nan,
             "memorized_step_median": float(np.median(mem)) if len(mem) else np.nan,
+            "grok_samples_median": _censored_median(g["grokked_samples"]),
+            "grok_seconds_median": _censored_median(g["grokked_seconds"]),
             "budget_steps": int(g["train.steps"].max()),
         })
     return pd.DataFrame(rows)
+
+
+def _censored_median(values: pd.Series) -> float:
+    v = values.astype("float").fillna(np.inf).to_numpy()
+    return float(np.quantile(v, 0.5, method="inverted_cdf")) if len(v) else np.nan
 
 
 def to_markdown(df: pd.DataFrame) -> str:

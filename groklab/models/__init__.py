@@ -1,8 +1,8 @@
 """Batched models: every parameter carries a leading run axis R.
 
 A model is two plain functions: `init(cfg, task, generator)` returns one run's parameters (no run
-axis), drawn from that run's own generator; `forward(params, tokens, cfg, dropout)` maps stacked
-parameters [R, ...] and tokens [R, B, T] to logits [R, B, C]. Runs never mix: every op is batched
+axis), drawn from that run's own generator; `forward(params, inputs, cfg, task, ...)` maps stacked
+parameters [R, ...] and inputs [R, B, ...] to logits [R, B, L, C]. Runs never mix: every op is batched
 over R, so a run's numbers do not depend on which other runs share its pack.
 """
 
@@ -18,6 +18,7 @@ from groklab.config import ModelConfig
 from groklab.tasks import Task
 
 Params = dict[str, torch.Tensor]
+Buffers = dict[str, torch.Tensor]  # non-trained state [R, ...] (batch-norm running statistics)
 Dropout = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -66,16 +67,45 @@ def linear_init(din: int, dout: int, g: torch.Generator, bias: bool = True) -> l
     return [w, uniform((dout,), bound, g)] if bias else [w]
 
 
-def init(cfg: ModelConfig, task: Task, generator: torch.Generator) -> tuple[Params, set[str]]:
-    """One run's parameters and the names that `init_scale` multiplies (weights, embeddings)."""
+def batch_norm(
+    x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, buffers: Buffers, name: str, train: bool,
+    momentum: float = 0.1, eps: float = 1e-5,
+) -> torch.Tensor:
+    """Batch norm over the batch axis of x [R, B, D], separately per run, as nn.BatchNorm1d does:
+    batch statistics in training (running statistics updated in place), running statistics in eval."""
+    mean_k, var_k = f"{name}.running_mean", f"{name}.running_var"
+    if train:
+        mean = x.mean(1, keepdim=True)
+        var = x.var(1, unbiased=False, keepdim=True)
+        with torch.no_grad():
+            n = x.shape[1]
+            unbiased = var.squeeze(1) * (n / max(n - 1, 1))
+            buffers[mean_k].lerp_(mean.squeeze(1), momentum)
+            buffers[var_k].lerp_(unbiased, momentum)
+    else:
+        mean, var = buffers[mean_k].unsqueeze(1), buffers[var_k].unsqueeze(1)
+    return (x - mean) / torch.sqrt(var + eps) * g.unsqueeze(1) + b.unsqueeze(1)
+
+
+def module(cfg: ModelConfig):  # noqa: ANN201 - one of the model modules
     from groklab.models import mlp, transformer
 
-    module = transformer if cfg.kind == "transformer" else mlp
-    return module.init(cfg, task, generator)
+    return transformer if cfg.kind == "transformer" else mlp
 
 
-def forward(params: Params, tokens: torch.Tensor, cfg: ModelConfig, dropout: Dropout = no_dropout) -> torch.Tensor:
-    from groklab.models import mlp, transformer
+def init(cfg: ModelConfig, task: Task, generator: torch.Generator) -> tuple[Params, set[str], Buffers]:
+    """One run's parameters, the names `init_scale` multiplies (weights, embeddings), and buffers."""
+    return module(cfg).init(cfg, task, generator)
 
-    module = transformer if cfg.kind == "transformer" else mlp
-    return module.forward(params, tokens, cfg, dropout)
+
+def forward(
+    params: Params,
+    inputs: torch.Tensor,
+    cfg: ModelConfig,
+    task: Task,
+    dropout: Dropout = no_dropout,
+    buffers: Buffers | None = None,
+    train: bool = False,
+) -> torch.Tensor:
+    """Logits [R, B, L, C] for inputs [R, B, ...]; L = task.n_outputs."""
+    return module(cfg).forward(params, inputs, cfg, task, dropout, buffers or {}, train)

@@ -1,6 +1,8 @@
 """Decoder-only transformer, batched over runs; predicts the answer from the last position.
 
-Same architecture as the grokking reference implementations (Power et al.; danielmamay/grokking):
+
+A sequence answer of L tokens is read at the last L positions. Same architecture as the grokking
+reference implementations (Power et al.; danielmamay/grokking):
 token + learned position embeddings, `layers` blocks of causal self-attention and a GELU MLP,
 a final layer norm and an unembedding. `norm` chooses post-norm (x = LN(x + f(x))), pre-norm
 (x = x + f(LN(x))) or none.
@@ -14,11 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from groklab.config import ModelConfig
-from groklab.models import Dropout, Params, activation, embed, layer_norm, linear, linear_init
+from groklab.models import Buffers, Dropout, Params, activation, embed, layer_norm, linear, linear_init
 from groklab.tasks import Task
 
 
-def init(cfg: ModelConfig, task: Task, g: torch.Generator) -> tuple[Params, set[str]]:
+def init(cfg: ModelConfig, task: Task, g: torch.Generator) -> tuple[Params, set[str], Buffers]:
+    if task.features:
+        raise ValueError("model.kind: the transformer needs a token task; use mlp or resmlp for task.name=digits")
     d, h = cfg.width, cfg.width * cfg.mlp_ratio
     p: Params = {
         "tok": torch.randn(task.vocab_size, d, generator=g),
@@ -38,22 +42,28 @@ def init(cfg: ModelConfig, task: Task, g: torch.Generator) -> tuple[Params, set[
         p["ln_f.g"], p["ln_f.b"] = torch.ones(d), torch.zeros(d)
     p["unembed.w"], p["unembed.b"] = linear_init(d, task.n_classes, g)
     scaled = {k for k in p if k.endswith(".w") or k in ("tok", "pos")}
-    return p, scaled
+    return p, scaled, {}
 
 
-def attention(p: Params, i: int, x: torch.Tensor, heads: int, last_only: bool = False) -> torch.Tensor:
-    """Causal self-attention; with `last_only`, queries only from the last position [R, B, 1, D]."""
+def attention(p: Params, i: int, x: torch.Tensor, heads: int, last: int = 0) -> torch.Tensor:
+    """Causal self-attention; with `last` > 0, queries only from the last `last` positions."""
     r, b, t, d = x.shape
     qkv = linear(x, p[f"{i}.qkv.w"], p[f"{i}.qkv.b"])  # [R, B, T, 3D]
     q, k, v = qkv.view(r * b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x [RB, H, T, dh]
-    if last_only:  # the last position attends to every position: no mask needed
-        q, t = q[:, :, -1:], 1
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=not last_only)
+    mask = None
+    if last:  # the last `last` queries only; each attends to every position up to its own
+        q = q[:, :, -last:]
+        if last > 1:
+            mask = torch.ones(last, t, dtype=torch.bool, device=x.device).tril(t - last)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not last)
+    t = last or t
     y = y.transpose(1, 2).reshape(r, b, t, d)
     return linear(y, p[f"{i}.out.w"], p[f"{i}.out.b"])
 
 
-def forward(p: Params, tokens: torch.Tensor, cfg: ModelConfig, dropout: Dropout) -> torch.Tensor:
+def forward(
+    p: Params, tokens: torch.Tensor, cfg: ModelConfig, task: Task, dropout: Dropout, buffers: Buffers, train: bool
+) -> torch.Tensor:
     act = activation(cfg.activation)
     x = embed(p["tok"], tokens) + p["pos"].unsqueeze(1)  # [R, B, T, D]
 
@@ -63,10 +73,11 @@ def forward(p: Params, tokens: torch.Tensor, cfg: ModelConfig, dropout: Dropout)
     def ln(name: str, z: torch.Tensor) -> torch.Tensor:
         return layer_norm(z, p[f"{name}.g"], p[f"{name}.b"])
 
+    n_out = task.n_outputs
     for i in range(cfg.layers):
-        # Only the last position is read out, so the last block computes nothing else.
-        last = i == cfg.layers - 1
-        res = x[:, :, -1:] if last else x
+        # Only the last n_out positions are read out, so the last block computes nothing else.
+        last = n_out if i == cfg.layers - 1 else 0
+        res = x[:, :, -last:] if last else x
         if cfg.norm == "post":
             x = ln(f"{i}.ln1", res + dropout(attention(p, i, x, cfg.heads, last)))
             x = ln(f"{i}.ln2", x + dropout(mlp(i, x)))
@@ -76,7 +87,7 @@ def forward(p: Params, tokens: torch.Tensor, cfg: ModelConfig, dropout: Dropout)
         else:
             x = res + dropout(attention(p, i, x, cfg.heads, last))
             x = x + dropout(mlp(i, x))
-    x = x[:, :, -1]  # [R, B, D]: the answer is read at the '=' position
+    # x: [R, B, n_out, D], the answers' positions (the '=' token for a single answer)
     if cfg.norm != "none":
         x = ln("ln_f", x)
     return linear(x, p["unembed.w"], p["unembed.b"])

@@ -36,4 +36,4 @@ def make(op: str, p: int) -> Task:
     labels = OPS[op](x, y, p)
     op_tok, eq_tok = p, p + 1
     inputs = torch.stack([x, torch.full_like(x, op_tok), y, torch.full_like(x, eq_tok)], dim=1)
-    return Task(inputs=inputs, labels=labels, vocab_size=p + 2, n_classes=p)
+    return Task(inputs=inputs, labels=labels, vocab_size=p + 2, n_classes=p, operands=(0, 2))

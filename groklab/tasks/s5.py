@@ -38,4 +38,4 @@ def make(op: str) -> Task:
     t = torch.tensor(rows)
     x, y, labels = t[:, 0], t[:, 1], t[:, 2]
     inputs = torch.stack([x, torch.full_like(x, n), y, torch.full_like(x, n + 1)], dim=1)
-    return Task(inputs=inputs, labels=labels, vocab_size=n + 2, n_classes=n)
+    return Task(inputs=inputs, labels=labels, vocab_size=n + 2, n_classes=n, operands=(0, 2))
