@@ -21,7 +21,16 @@ def report(store: "Store | str" = "groklab.db", sweep: str | None = None, out: s
     return str(_report(st, sweep=sweep, out=out))
 
 
+def export(store: "Store | str" = "groklab.db", out: str = "export", sweep: str | None = None,
+           formats: tuple[str, ...] = ("csv",), tensorboard: str | None = None) -> dict[str, int]:
+    """Write runs and metrics tables (csv / parquet) and optionally TensorBoard logs; return row counts."""
+    from groklab.analysis.export import export as _export
+
+    st = store if isinstance(store, Store) else open_store(store)
+    return _export(st, out, sweep=sweep, formats=formats, tensorboard=tensorboard)
+
+
 __all__ = [
-    "Config", "ConfigError", "Store", "StoreError", "SweepSpec", "load_spec", "make_config",
+    "Config", "ConfigError", "Store", "export", "StoreError", "SweepSpec", "load_spec", "make_config",
     "open_store", "report", "run", "sweep", "__version__",
 ]

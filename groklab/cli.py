@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 import traceback
-from pathlib import Path
 
 from groklab.config import ConfigError
 from groklab.store import DEFAULT_PATH, StoreError
@@ -47,6 +46,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     df = sweep(a.spec, a.overrides, store=a.store, pack_size=a.pack_size, progress=not a.quiet,
                workers=a.workers, backend=a.backend, **options)
     if a.json:
+        print(f"trained {df.attrs.get('trained', 0)} runs", file=sys.stderr)
         from groklab.store import Store
 
         with Store(a.store) as st:
@@ -54,7 +54,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                 print(json.dumps(st.summary(rid)))
     else:
         counts = df["status"].value_counts().to_dict()
-        print(f"sweep done: {len(df)} runs in {a.store}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        print(f"sweep done: {len(df)} runs in {a.store} ({df.attrs.get('trained', 0)} trained by this command): "
+              + ", ".join(f"{k} {v}" for k, v in counts.items()))
         print(f"next: groklab report --store {a.store} --sweep {df.attrs.get('sweep', '')}".rstrip())
     return 0
 
@@ -96,16 +97,13 @@ def cmd_show(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    from groklab.analysis.export import export
     from groklab.store import open_store
 
-    out = Path(a.output)
-    out.mkdir(parents=True, exist_ok=True)
     with open_store(a.store) as st:
-        runs = st.runs(sweep=a.sweep)
-        metrics = st.metrics(runs["run_id"] if not runs.empty else [])
-    runs.drop(columns=["config"], errors="ignore").to_csv(out / "runs.csv", index=False)
-    metrics.to_csv(out / "metrics.csv", index=False)
-    print(f"exported {len(runs)} runs and {len(metrics)} metric rows to {out}/runs.csv, {out}/metrics.csv")
+        n = export(st, a.output, sweep=a.sweep, formats=tuple(a.format), tensorboard=a.tensorboard)
+    print(f"exported {n['runs']} runs and {n['metrics']} metric rows to {a.output}/ ({', '.join(a.format)})"
+          + (f"; TensorBoard logs in {a.tensorboard}" if a.tensorboard else ""))
     return 0
 
 
@@ -178,10 +176,14 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("--curves", action="store_true", help="print the evaluation curves as a table")
     sh.set_defaults(func=cmd_show)
 
-    ex = sub.add_parser("export", help="write runs.csv and metrics.csv (long format)")
+    ex = sub.add_parser("export", help="write the runs and metrics (long format) tables, optionally TensorBoard logs")
     store_arg(ex)
     ex.add_argument("--sweep", default=None)
     ex.add_argument("-o", "--output", default="export", help="output folder (default: ./export)")
+    ex.add_argument("--format", nargs="+", default=["csv"], choices=["csv", "parquet"],
+                    help="table formats (default csv; parquet needs pyarrow)")
+    ex.add_argument("--tensorboard", default=None, metavar="DIR",
+                    help="also write TensorBoard event files, one folder per run (needs tensorboardX)")
     ex.set_defaults(func=cmd_export)
     return p
 

@@ -23,7 +23,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
-from groklab import engine
+from groklab import engine, memory
 from groklab.config import Config, ConfigError, load_yaml, make_config, pack_key, parse_override, set_dotted
 from groklab.store import DEFAULT_PATH, Store
 
@@ -155,14 +155,19 @@ def expand(spec: SweepSpec) -> list[Config]:
 
 
 def group(configs: list[Config], pack_size: int | None = None) -> list[list[Config]]:
-    """Split runs into packs of equal shape, at most `pack_size` runs each."""
-    size = pack_size or DEFAULT_PACK_SIZE
-    if size < 1:
-        raise ConfigError(f"--pack-size: must be >= 1, got {size}")
+    """Split runs into packs of equal shape, at most `pack_size` runs each (and what memory allows)."""
+    if pack_size is not None and pack_size < 1:
+        raise ConfigError(f"--pack-size: must be >= 1, got {pack_size}")
     by_key: dict[str, list[Config]] = {}
     for c in configs:
         by_key.setdefault(pack_key(c), []).append(c)
-    return [runs[i : i + size] for runs in by_key.values() for i in range(0, len(runs), size)]
+    packs = []
+    for runs in by_key.values():
+        # A pack never outgrows the device: a run that cannot fit at all is refused here.
+        fit = memory.max_pack_size(runs[0], engine.resolve_device(runs[0].train.device))
+        size = min(pack_size or DEFAULT_PACK_SIZE, fit)
+        packs += [runs[i : i + size] for i in range(0, len(runs), size)]
+    return packs
 
 
 def pack_id(pack: list[Config]) -> str:
@@ -344,6 +349,7 @@ def run(
     """Train one run and return its JSON summary. A run already in the store is not trained again
     (its stored summary is returned) unless `force`; `store=None` keeps nothing on disk."""
     cfg = make_config(config, overrides)
+    group([cfg])  # refuse a run that cannot fit before the store is touched
     st = _open(store)
     if st is not None and not force and cfg.run_id in st.run_ids():
         return st.summary(cfg.run_id)
@@ -384,14 +390,15 @@ def sweep(
     if backend == "ray":
         from groklab.executors import ray_backend
 
-        ray_backend.execute(configs, st, sweep_name=spec.name, pack_size=pack_size, progress=progress,
-                            **backend_options)
+        trained = ray_backend.execute(configs, st, sweep_name=spec.name, pack_size=pack_size, progress=progress,
+                                      **backend_options)
     elif workers == 1:
-        execute(configs, st, sweep_name=spec.name, pack_size=pack_size, progress=progress)
+        trained = len(execute(configs, st, sweep_name=spec.name, pack_size=pack_size, progress=progress))
     else:
-        _run_workers(spec, st, pack_size, workers, progress, ids)
+        trained = _run_workers(spec, st, pack_size, workers, progress, ids)
     df = st.runs(sweep=spec.name)
     df.attrs["sweep"] = spec.name
+    df.attrs["trained"] = trained  # runs this call trained (the rest were stored already or by others)
     return df
 
 
@@ -406,7 +413,7 @@ def _worker(spec: dict[str, Any], store_path: str, pack_size: int | None, index:
     return len(res)
 
 
-def _run_workers(spec: SweepSpec, st: Store, pack_size: int | None, workers: int, progress: bool, ids: list[str]) -> None:
+def _run_workers(spec: SweepSpec, st: Store, pack_size: int | None, workers: int, progress: bool, ids: list[str]) -> int:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -428,8 +435,7 @@ def _run_workers(spec: SweepSpec, st: Store, pack_size: int | None, workers: int
         finally:
             _update_overall(bar, st, ids)
             bar.close()
-        for f in futures:
-            f.result()
+        return sum(f.result() for f in futures)
 
 
 def _update_overall(bar: tqdm, st: Store, ids: list[str]) -> None:

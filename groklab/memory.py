@@ -1,0 +1,75 @@
+"""Memory estimates: refuse a run that cannot fit, and cap pack sizes to what the device holds.
+
+The estimate is analytic (nothing is allocated): parameters and their optimizer state, the
+activations autograd keeps for one micro-batch, the evaluation chunk and the task's tensors.
+It errs on the generous side; its job is to stop a width-65536 typo before it takes the machine down.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from groklab.config import Config, ConfigError, TaskConfig
+
+FLOAT = 4
+SAFETY = 0.6  # share of free memory a pack may plan to use
+
+
+def task_shape(t: TaskConfig) -> tuple[int, int, int, int, int]:
+    """(examples, sequence length or features, vocabulary, classes, outputs) without building the task."""
+    if t.name == "modular":
+        return t.modulus * t.modulus, 4, t.modulus + 2, t.modulus, 1
+    if t.name == "s5":
+        return 14_400, 4, 122, 120, 1
+    if t.name == "parity":
+        return 2**t.bits, t.bits + 1, 3, 2, 1
+    if t.name == "sequence":
+        return t.symbols**t.length, 2 * t.length + 1, t.symbols + 1 + t.length, t.symbols, t.length
+    return 1797, 64, 0, 10, 1
+
+
+def run_bytes(cfg: Config) -> int:
+    """Estimated bytes one run adds to a pack."""
+    n, t, v, c, n_out = task_shape(cfg.task)
+    m = cfg.model
+    d, h, layers = m.width, m.width * m.mlp_ratio, m.layers
+    if m.kind == "transformer":
+        params = v * d + t * d + layers * (4 * d * d + 2 * d * h + 10 * d + h) + d * c * n_out + c
+        act = t * layers * (10 * d + 2 * h + m.heads * t) + t * v
+    else:
+        inputs = t if cfg.task.name == "digits" else 2 * d
+        emb = 0 if cfg.task.name == "digits" else v * d
+        if m.kind == "mlp":
+            params = emb + inputs * d + (layers - 1) * d * d + d * c * n_out
+            act = layers * d * 4
+        else:
+            params = emb + inputs * d + layers * (2 * d * h + h + 4 * d) + d * c * n_out
+            act = layers * (3 * d + 2 * h)
+    state = 6 + (cfg.optim.grokfast.window if cfg.optim.grokfast and cfg.optim.grokfast.kind == "ma" else 0)
+    batch = cfg.train.batch_schedule.end if cfg.train.batch_schedule else cfg.train.batch_size
+    batch = min(batch, n) if cfg.train.sampling == "without_replacement" else batch
+    return FLOAT * (params * state + 2 * act * batch) + 16 * n
+
+
+def free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 * 2**30
+
+
+def max_pack_size(cfg: Config, device: torch.device) -> int:
+    """How many runs like `cfg` fit in one pack; ConfigError if not even one does."""
+    need, free = run_bytes(cfg), free_bytes(device)
+    if need > SAFETY * free:
+        raise ConfigError(
+            f"model.width/model.layers/train.batch_size: one run needs about {need / 2**30:.1f} GiB, "
+            f"more than the {SAFETY * free / 2**30:.1f} GiB usable on {device} ({free / 2**30:.1f} GiB free); "
+            "make the model or batch smaller"
+        )
+    return max(1, int(SAFETY * free // need))

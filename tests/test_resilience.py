@@ -1,0 +1,223 @@
+"""Sweeps survive SIGKILL, Ctrl-C, corrupt checkpoints, concurrent sweeps; workers and Ray agree."""
+
+import hashlib
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+import groklab
+from groklab.cli import main
+
+SPEC = {
+    "name": "res",
+    "base": {
+        "task": {"modulus": 23, "train_frac": 0.7},
+        "model": {"layers": 1, "width": 32, "heads": 4},
+        "train": {"steps": 300, "eval_every": 20, "batch_size": 64, "checkpoint_every": 20},
+    },
+    "grid": {"optim.weight_decay": [0.1, 1.0, 3.0], "train.steps": [200, 300]},
+    "seeds": [0],
+}
+
+
+def dump(db):
+    """Every stored metric row and every run's events, in a canonical order."""
+    con = sqlite3.connect(db)
+    metrics = con.execute("SELECT run_id, step, name, value FROM metrics ORDER BY run_id, name, step").fetchall()
+    runs = con.execute("SELECT run_id, status, memorized_step, grokked_step, steps_run, final FROM runs "
+                       "ORDER BY run_id").fetchall()
+    con.close()
+    return metrics, runs
+
+
+def rows_hash(db):
+    con = sqlite3.connect(db)
+    h = hashlib.sha256()
+    for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name != 'claims' ORDER BY name"):
+        for row in con.execute(f"SELECT * FROM {t} ORDER BY 1, 2"):
+            h.update(repr(row).encode())
+    con.close()
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    db = tmp_path_factory.mktemp("base") / "base.db"
+    groklab.sweep(SPEC, store=db, pack_size=3)
+    return dump(db)
+
+
+def cli(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "groklab", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(SPEC))
+    return p
+
+
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path, spec_file, baseline):
+    db = tmp_path / "k.db"
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(3):
+        p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "-q"])
+        time.sleep(rng.uniform(3.0, 6.0))  # import + part of the training
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait()
+    assert kills >= 1
+    p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "--resume", "-q"])
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert dump(db) == baseline  # every metric row identical, none missing, none duplicated
+
+
+def test_sigint_checkpoints_and_says_how_to_resume(tmp_path, spec_file, baseline):
+    db = tmp_path / "i.db"
+    p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3"])
+    time.sleep(4.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    if p.returncode == 0:
+        pytest.skip("the sweep finished before the signal arrived")
+    assert p.returncode == 130
+    assert "checkpoint saved" in err and "re-run the same command" in err
+    assert list((tmp_path / "i.db.ckpt").glob("*.pt"))
+    assert main(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "-q"]) == 0
+    assert dump(db) == baseline
+
+
+def test_corrupt_checkpoint_falls_back_with_a_warning(tmp_path, spec_file, baseline):
+    db = tmp_path / "c.db"
+    p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "-q"])
+    time.sleep(4.5)
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=120)
+    ckpts = list((tmp_path / "c.db.ckpt").glob("*.pt"))
+    if not ckpts:
+        pytest.skip("the sweep finished before the signal arrived")
+    for c in ckpts:
+        data = c.read_bytes()
+        c.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.warns(UserWarning, match="checksum mismatch|not a groklab checkpoint"):
+        groklab.sweep(SPEC, store=db, pack_size=3)
+    assert dump(db) == baseline
+
+
+def test_two_concurrent_sweeps_train_every_run_once(tmp_path, baseline):
+    db = tmp_path / "two.db"
+    a, b = dict(SPEC), {**SPEC, "name": "res-b", "grid": {"optim.weight_decay": [1.0, 3.0, 10.0],
+                                                          "train.steps": [200, 300]}}
+    pa, pb = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    pa.write_text(yaml.safe_dump(a))
+    pb.write_text(yaml.safe_dump(b))
+    procs = [cli(["sweep", str(p), "--store", str(db), "--pack-size", "3", "--json", "-q"]) for p in (pa, pb)]
+    reads = 0
+    while any(p.poll() is None for p in procs):  # readers work while both write
+        if db.exists():
+            with groklab.open_store(db) as st:
+                st.runs()
+                st.curves()
+            reads += 1
+        time.sleep(0.3)
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    trained = [int(err.split("trained ")[1].split()[0]) for _, err in outs]
+    con = sqlite3.connect(db)
+    n_runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    assert n_runs == 8  # 6 + 6 with 4 shared
+    assert sum(trained) == n_runs  # nothing trained twice
+    assert con.execute("SELECT COUNT(*) FROM (SELECT run_id, step, name FROM metrics GROUP BY 1, 2, 3 "
+                       "HAVING COUNT(*) > 1)").fetchone()[0] == 0
+    assert all(len(out.strip().splitlines()) == 6 for out, _ in outs)  # each sweep reports all its runs
+    metrics, _ = dump(db)
+    base_ids = {r[0] for r in baseline[1]}
+    assert [m for m in metrics if m[0] in base_ids] == baseline[0]
+    assert reads > 0
+
+
+def test_local_workers_equal_one_process(tmp_path, baseline):
+    db = tmp_path / "w.db"
+    df = groklab.sweep(SPEC, store=db, pack_size=3, workers=2)
+    assert df.attrs["trained"] == 6
+    assert dump(db) == baseline
+
+
+def test_ray_backend_equals_local(tmp_path, baseline):
+    pytest.importorskip("ray")
+    db = tmp_path / "ray.db"
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        df = groklab.sweep(SPEC, store=db, pack_size=3, backend="ray")
+    finally:
+        ray.shutdown()
+    assert len(df) == 6 and df.attrs["trained"] == 6
+    assert dump(db) == baseline
+
+
+def test_absurd_size_is_refused_before_training(tmp_path, capsys):
+    db = tmp_path / "a.db"
+    groklab.run({"task": {"modulus": 23}, "model": {"layers": 1, "width": 32}, "train": {"steps": 10}}, store=db)
+    before = rows_hash(db)
+    assert main(["run", "model.width=65536", "model.layers=64", "--store", str(db)]) == 2
+    assert "one run needs about" in capsys.readouterr().err
+    assert rows_hash(db) == before
+
+
+def test_v1_store_is_migrated_in_place(tmp_path):
+    db = tmp_path / "v1.db"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, config TEXT NOT NULL, status TEXT NOT NULL,
+            memorized_step INTEGER, grokked_step INTEGER, grok_delay INTEGER, diverged_step INTEGER,
+            steps_run INTEGER NOT NULL, wall_seconds REAL NOT NULL, final TEXT NOT NULL,
+            groklab_version TEXT NOT NULL, torch_version TEXT NOT NULL, device TEXT NOT NULL, finished_at REAL NOT NULL);
+        CREATE TABLE metrics (run_id TEXT NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
+            PRIMARY KEY (run_id, name, step)) WITHOUT ROWID;
+        CREATE TABLE sweeps (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at REAL NOT NULL);
+        CREATE TABLE sweep_runs (sweep TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (sweep, run_id));
+        INSERT INTO runs VALUES ('abc', '{"train": {"steps": 10}}', 'grokked', 5, 10, 5, NULL, 10, 1.5,
+            '{"val_acc": 1.0}', '0.1.0', '2.13.0', 'cpu', 0);
+        INSERT INTO metrics VALUES ('abc', 10, 'val_acc', 1.0);
+    """)
+    con.close()
+    st = groklab.open_store(db)
+    assert st.conn.execute("SELECT value FROM meta").fetchone()[0] == "2"
+    s = st.summary("abc")
+    assert s["grokked_step"] == 10 and s["grokked_samples"] is None
+    assert st.metrics()["value"].tolist() == [1.0]
+
+
+def test_export_csv_parquet_and_tensorboard(tmp_path):
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("tensorboardX")
+    import pandas as pd
+
+    db = tmp_path / "e.db"
+    groklab.sweep({**SPEC, "grid": {"optim.weight_decay": [0.1, 1.0]}, "base": {**SPEC["base"],
+                   "train": {"steps": 40, "eval_every": 20, "batch_size": 64}}}, store=db)
+    out = tmp_path / "out"
+    assert main(["export", "--store", str(db), "-o", str(out), "--format", "csv", "parquet",
+                 "--tensorboard", str(tmp_path / "tb")]) == 0
+    assert pd.read_parquet(out / "metrics.parquet").equals(pd.read_csv(out / "metrics.csv"))
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(runs) == 2 and "optim.weight_decay" in runs.columns
+    events = list((tmp_path / "tb").rglob("events.out.tfevents*"))
+    assert len(events) == 2
