@@ -206,6 +206,8 @@ class TrainConfig(_Strict):
     init_from: str | None = None
     save_weights: bool = True
     checkpoint_every: int = Field(1000, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
 
     @field_validator("device")
     @classmethod
@@ -262,7 +264,8 @@ PER_RUN_KEYS = (
     "train.save_weights",
     "metrics.threshold",
 )
-_NOT_HASHED = ("train.device", "train.save_weights", "train.checkpoint_every")
+# Where and how fast a run trains does not change what it computes (compile: up to float rounding).
+_NOT_HASHED = ("train.device", "train.save_weights", "train.checkpoint_every", "train.compile")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -225,6 +225,9 @@ class Pack:
         self.batch_size = sched.start if sched is not None else cfg.train.batch_size
         self.noise = NoiseScale(sched.ema) if sched is not None and sched.kind == "adaptive" else None
         self.start_time = time.perf_counter()
+        self._loss_fn = self._train_loss
+        if cfg.train.compile:
+            self._loss_fn = _compiled(self._train_loss)
 
         # Host-side bookkeeping per run, compacted together with the tensors above.
         self.end_step = [c.train.steps for c in configs]
@@ -244,17 +247,28 @@ class Pack:
         return x * (u >= p) / (1 - p)
 
     def forward(self, idx: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [R, B, L, C] and labels [R, B, L] for dataset indices idx [R, B]."""
+        """Logits [R, B, L, C] and labels [R, B, L] for dataset indices idx [R, B].
+
+        With `train.precision: bf16` the matmuls run in bfloat16 (autocast); parameters, optimizer
+        state, softmax and loss stay in float32.
+        """
         drop = self._dropout if train and self.use_dropout else models.no_dropout
-        logits = models.forward(self.params, self.inputs[idx], self.cfg.model, self.task, drop, self.buffers, train)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
+            logits = models.forward(self.params, self.inputs[idx], self.cfg.model, self.task, drop, self.buffers, train)
         labels = self.labels[idx]
-        return logits, labels.view(*idx.shape, -1)
+        return logits.float(), labels.view(*idx.shape, -1)
+
+    def _train_loss(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        drop = self._dropout if self.use_dropout else models.no_dropout
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
+            logits = models.forward(params, inputs, self.cfg.model, self.task, drop, self.buffers, True)
+        return per_example_loss(self.cfg.train.loss, logits.float(), labels).mean(1)
 
     def loss(self, positions: torch.Tensor) -> torch.Tensor:
         """Training loss per run [R] on train-set positions [R, b]."""
         idx = self.train_idx.gather(1, positions.to(self.device))
-        logits, labels = self.forward(idx, train=True)
-        return per_example_loss(self.cfg.train.loss, logits, labels).mean(1)
+        labels = self.labels[idx].view(*idx.shape, -1)
+        return self._loss_fn(self.params, self.inputs[idx], labels)
 
     def _grads(self, positions: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         loss = self.loss(positions)
@@ -461,6 +475,34 @@ def _load(cfg: Config, weights: Weights | None, fresh: dict[str, torch.Tensor], 
             f"train.init_from: run {cfg.train.init_from!r} has parameters {have}, this model needs {want}"
         )
     return {k: v.clone() for k, v in got.items()}, {k: v.clone() for k, v in weights.get("buffers", {}).items()}
+
+
+def _compiled(fn: Callable) -> Callable:
+    """torch.compile `fn`, falling back to eager with a warning where compilation is unavailable.
+
+    Shapes that change (pack compaction, batch schedules) are marked dynamic after their first change,
+    and hyperparameters are tensors, so training does not recompile step after step."""
+    import warnings
+
+    try:
+        compiled = torch.compile(fn, dynamic=None)
+    except Exception as e:  # pragma: no cover - depends on the platform
+        warnings.warn(f"train.compile: torch.compile unavailable ({e}); training eagerly", stacklevel=2)
+        return fn
+    state = {"fn": compiled}
+
+    def call(*args: Any) -> torch.Tensor:
+        try:
+            return state["fn"](*args)
+        except Exception as e:  # a backend that fails at first use (no C++ compiler, ...)
+            if state["fn"] is fn:
+                raise
+            warnings.warn(f"train.compile: compilation failed ({type(e).__name__}: {e}); training eagerly",
+                          stacklevel=2)
+            state["fn"] = fn
+            return fn(*args)
+
+    return call
 
 
 def _clean(v: float) -> float | None:

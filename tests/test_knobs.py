@@ -394,3 +394,18 @@ def test_small_decay_sweep_end_to_end(micro, tmp_path):
     assert len(df) == 8 and set(df["optim.decay"]) == {"decoupled", "coupled", "l1", "to_init"}
     out = groklab.report(tmp_path / "d.db", sweep="decays", out=str(tmp_path / "rep"))
     assert (tmp_path / "rep" / "grok_vs_optim_decay.png").exists() and out
+
+
+# ---- precision and compilation -----------------------------------------------------------------
+def test_bf16_trains_close_to_fp32_and_groks(tiny):
+    fp32 = groklab.run(tiny, store=None)
+    bf16 = groklab.run(tiny, overrides={"train.precision": "bf16"}, store=None)
+    assert fp32["status"] == bf16["status"] == "grokked"
+    assert abs(bf16["grokked_step"] - fp32["grokked_step"]) <= 200
+
+
+def test_compile_gives_the_eager_result(micro):
+    micro["train"]["steps"] = 40
+    eager, = train([make_config(micro)])
+    compiled, = train([make_config(micro, {"train.compile": True})])
+    _same(compiled, eager, 1e-5)
