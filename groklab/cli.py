@@ -145,7 +145,8 @@ def parser() -> argparse.ArgumentParser:
     store_arg(s)
     s.add_argument("--backend", default="local", choices=["local", "ray"],
                    help="local processes (default) or Ray tasks (pip install 'groklab[ray]')")
-    s.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    s.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per CUDA device, or one on CPU)")
     s.add_argument("--ray-address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray is started)")
     s.add_argument("--gpus-per-pack", type=float, default=0.0, help="Ray resources per pack (e.g. 0.25)")

@@ -30,8 +30,8 @@ Weights = dict[str, dict[str, torch.Tensor]]  # {"params": {...}, "buffers": {..
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":  # the current CUDA device (a worker process sets its own), else the CPU
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(name)
 
 

@@ -363,7 +363,7 @@ def sweep(
     store: Store | str | Path = DEFAULT_PATH,
     pack_size: int | None = None,
     progress: bool = False,
-    workers: int = 1,
+    workers: int | None = None,
     backend: str = "local",
     **backend_options: Any,
 ) -> pd.DataFrame:
@@ -375,6 +375,8 @@ def sweep(
     spec = load_spec(spec, overrides)
     configs = expand(spec)
     group(configs, pack_size)  # validate pack_size before touching the store
+    if workers is None:
+        workers = default_workers()
     if workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {workers}")
     if backend not in ("local", "ray"):
@@ -402,11 +404,21 @@ def sweep(
     return df
 
 
+def default_workers() -> int:
+    """One worker per CUDA device, or one on CPU."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
 def _worker(spec: dict[str, Any], store_path: str, pack_size: int | None, index: int, workers: int) -> int:
-    """One local worker process: claims and trains packs of the sweep until none is left."""
+    """One local worker process: claims and trains packs of the sweep until none is left.
+    With CUDA, worker i trains on device i mod the device count (`train.device: auto` follows it)."""
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(index % torch.cuda.device_count())
     s = SweepSpec.model_validate(spec)
     with Store(store_path) as st:
         res = execute(expand(s), st, sweep_name=s.name, pack_size=pack_size, progress=False, start_at=index)
