@@ -7,7 +7,9 @@ size {64, 512} x seeds {0, 1}, evaluation every 50 steps. groklab trains it to c
 stops 50 steps after grokking, budget 3000). The plain loop (bench/plain.py) trains every run one
 after another for `--plain-steps` steps with the same evaluation cadence, as a user's script with a
 fixed budget does; its time at the reference repositories' default budget of 100,000 steps is
-extrapolated from its measured steps/s (labelled as such). Grok steps are compared per cell.
+extrapolated from its measured steps/s (labelled as such). The study also runs in bf16. Grok steps
+are compared per cell (plain loop, groklab fp32, groklab bf16: different random streams, so they agree
+within seed spread, not step for step).
 """
 
 from __future__ import annotations
@@ -66,20 +68,26 @@ def main() -> None:
         t = time.perf_counter()
         df = groklab.sweep(STUDY, store=Path(tmp) / "g.db")
         g_wall = time.perf_counter() - t
+        t = time.perf_counter()
+        bf = groklab.sweep(STUDY, overrides=["train.precision=bf16"], store=Path(tmp) / "bf16.db")
+        bf_wall = time.perf_counter() - t
     p_wall, p_steps, p_grok = plain_study(args.plain_steps)
     per_step = p_wall / p_steps
     runs = len(df)
     extrapolated = per_step * 100_000 * runs
     print(f"groklab, to completion:                 {g_wall:8.1f} s  ({runs} runs)")
+    print(f"groklab bf16, to completion:            {bf_wall:8.1f} s")
     print(f"plain loop, {args.plain_steps} steps per run:          {p_wall:8.1f} s  ({p_wall / g_wall:.1f}x groklab)")
     print(f"plain loop, 100k steps per run (extrapolated from its measured {1 / per_step:.0f} steps/s): "
           f"{extrapolated:8.0f} s  ({extrapolated / g_wall:.0f}x groklab)")
-    print(f"\n{'weight_decay':>12} {'batch':>6} {'groklab grok steps':>20} {'plain grok steps':>20}")
+    print(f"\n{'weight_decay':>12} {'batch':>6} {'groklab grok steps':>20} {'groklab bf16':>20} {'plain grok steps':>20}")
     for (wd, b), plain in sorted(p_grok.items()):
         cell = df[(df["optim.weight_decay"] == wd) & (df["train.batch_size"] == b)]
         ours = _order([None if v != v else int(v) for v in cell["grokked_step"].astype("float")])
+        cell16 = bf[(bf["optim.weight_decay"] == wd) & (bf["train.batch_size"] == b)]
+        ours16 = _order([None if v != v else int(v) for v in cell16["grokked_step"].astype("float")])
         med = statistics.median([v for v in plain if v is not None]) if any(v is not None for v in plain) else None
-        print(f"{wd:>12} {b:>6} {str(ours):>20} {str(_order(plain)):>20}   plain median {med}")
+        print(f"{wd:>12} {b:>6} {str(ours):>20} {str(ours16):>20} {str(_order(plain)):>20}   plain median {med}")
 
 
 if __name__ == "__main__":

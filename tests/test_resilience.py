@@ -1,6 +1,5 @@
 """Sweeps survive SIGKILL, Ctrl-C, corrupt checkpoints, concurrent sweeps; workers and Ray agree."""
 
-import hashlib
 import os
 import random
 import signal
@@ -11,6 +10,7 @@ import time
 
 import pytest
 import yaml
+from storeutil import rows_hash
 
 import groklab
 from groklab.cli import main
@@ -35,16 +35,6 @@ def dump(db):
                        "ORDER BY run_id").fetchall()
     con.close()
     return metrics, runs
-
-
-def rows_hash(db):
-    con = sqlite3.connect(db)
-    h = hashlib.sha256()
-    for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name != 'claims' ORDER BY name"):
-        for row in con.execute(f"SELECT * FROM {t} ORDER BY 1, 2"):
-            h.update(repr(row).encode())
-    con.close()
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +211,28 @@ def test_export_csv_parquet_and_tensorboard(tmp_path):
     assert len(runs) == 2 and "optim.weight_decay" in runs.columns
     events = list((tmp_path / "tb").rglob("events.out.tfevents*"))
     assert len(events) == 2
+
+
+def test_hostile_stores_exit_2_and_are_left_untouched(tmp_path, capsys):
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE precious (x)")
+    con.execute("INSERT INTO precious VALUES (42)")
+    con.commit()
+    con.close()
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all" * 50)
+    newer = tmp_path / "newer.db"
+    from groklab.store import Store
+
+    Store(newer).close()
+    con = sqlite3.connect(newer)
+    con.execute("UPDATE meta SET value='7' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    for path, message in ((other, "not a groklab store"), (junk, "not a groklab"), (newer, "schema version 7")):
+        before = path.read_bytes()
+        for args in (["ls"], ["report", "-o", str(tmp_path / "r")], ["run", "train.steps=1"]):
+            assert main([*args, "--store", str(path)]) == 2, (path, args)
+            assert message in capsys.readouterr().err
+        assert path.read_bytes() == before

@@ -1,8 +1,8 @@
-import hashlib
 import json
 import sqlite3
 
 import pytest
+from storeutil import rows_hash
 
 import groklab
 from groklab import engine
@@ -13,19 +13,6 @@ from groklab.store import Store, StoreError
 
 def spec(micro, name="wd"):
     return {"name": name, "base": micro, "grid": {"optim.weight_decay": [0.1, 1.0]}, "seeds": [0, 1]}
-
-
-def rows_hash(path):
-    """Hash of every row of every table: 'the store is unchanged'."""
-    if not path.exists():
-        return None
-    con = sqlite3.connect(path)
-    h = hashlib.sha256()
-    for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"):
-        for row in con.execute(f"SELECT * FROM {t} ORDER BY 1, 2"):
-            h.update(repr(row).encode())
-    con.close()
-    return h.hexdigest()
 
 
 def test_sweep_stores_everything_and_rerun_trains_nothing(micro, tmp_path, monkeypatch):

@@ -1,0 +1,19 @@
+"""Test helper: a fingerprint of a store's rows, for 'the store is unchanged' assertions."""
+
+import hashlib
+import sqlite3
+
+
+def rows_hash(path, skip=("claims",)):
+    """Hash of every row of every table (claims are bookkeeping, left out); None if no store."""
+    if not path.exists():
+        return None
+    con = sqlite3.connect(path)
+    h = hashlib.sha256()
+    for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"):
+        if t in skip:
+            continue
+        for row in con.execute(f"SELECT * FROM {t} ORDER BY 1, 2"):
+            h.update(repr(row).encode())
+    con.close()
+    return h.hexdigest()
