@@ -246,23 +246,21 @@ class Pack:
         p = self.dropout_p.view(-1, *([1] * (x.dim() - 1)))
         return x * (u >= p) / (1 - p)
 
-    def forward(self, idx: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [R, B, L, C] and labels [R, B, L] for dataset indices idx [R, B].
-
-        With `train.precision: bf16` the matmuls run in bfloat16 (autocast); parameters, optimizer
-        state, softmax and loss stay in float32.
-        """
+    def _logits(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, train: bool) -> torch.Tensor:
+        """Logits [R, B, L, C] in float32. With `train.precision: bf16` the matmuls run in bfloat16
+        (autocast); parameters, optimizer state, softmax and loss stay in float32."""
         drop = self._dropout if train and self.use_dropout else models.no_dropout
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
-            logits = models.forward(self.params, self.inputs[idx], self.cfg.model, self.task, drop, self.buffers, train)
-        labels = self.labels[idx]
-        return logits.float(), labels.view(*idx.shape, -1)
+            logits = models.forward(params, inputs, self.cfg.model, self.task, drop, self.buffers, train)
+        return logits.float()
+
+    def forward(self, idx: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [R, B, L, C] and labels [R, B, L] for dataset indices idx [R, B]."""
+        return self._logits(self.params, self.inputs[idx], train), self.labels[idx].view(*idx.shape, -1)
 
     def _train_loss(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        drop = self._dropout if self.use_dropout else models.no_dropout
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
-            logits = models.forward(params, inputs, self.cfg.model, self.task, drop, self.buffers, True)
-        return per_example_loss(self.cfg.train.loss, logits.float(), labels).mean(1)
+        """Mean training loss per run [R]: the function `train.compile` compiles."""
+        return per_example_loss(self.cfg.train.loss, self._logits(params, inputs, True), labels).mean(1)
 
     def loss(self, positions: torch.Tensor) -> torch.Tensor:
         """Training loss per run [R] on train-set positions [R, b]."""

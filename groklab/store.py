@@ -212,7 +212,7 @@ class Store:
         won = set()
         now = time.time()
         with self.transaction():
-            stored = self._existing("runs", ids)
+            stored = self.existing(ids)
             held = {r[0]: r[1:] for r in self.conn.execute(
                 f"SELECT run_id, owner, host, pid, heartbeat FROM claims WHERE run_id IN ({','.join('?' * len(ids))})",
                 ids)}
@@ -238,7 +238,8 @@ class Store:
                 self.conn.executemany("DELETE FROM claims WHERE owner = ? AND run_id = ?",
                                       [(owner, r) for r in run_ids])
 
-    def _existing(self, table: str, ids: list[str]) -> set[str]:
+    def existing(self, ids: list[str], table: str = "runs") -> set[str]:
+        """The ids among `ids` that `table` holds (stored runs by default)."""
         if not ids:
             return set()
         q = f"SELECT run_id FROM {table} WHERE run_id IN ({','.join('?' * len(ids))})"

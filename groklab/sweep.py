@@ -275,7 +275,7 @@ def _train_pack(
     if store is None or replace:
         todo = pack  # `replace` retrains stored runs (run --force)
     else:
-        stored = store._existing("runs", ids)
+        stored = store.existing(ids)
         won = store.claim([r for r in ids if r not in stored], owner)
         todo = [c for c in pack if c.run_id in won]
         if not todo:
@@ -327,7 +327,7 @@ def _train_pack(
         bar.close()
     if store is None:
         return True
-    done = store._existing("runs", ids)
+    done = store.existing(ids)
     if len(done) == len(ids) and path is not None:
         checkpoint.remove(path)
     return len(done) == len(ids)
@@ -351,7 +351,7 @@ def run(
     cfg = make_config(config, overrides)
     group([cfg])  # refuse a run that cannot fit before the store is touched
     st = _open(store)
-    if st is not None and not force and cfg.run_id in st.run_ids():
+    if st is not None and not force and st.existing([cfg.run_id]):
         return st.summary(cfg.run_id)
     (res,) = execute([cfg], st, progress=progress, replace=force)
     return res.summary()
@@ -385,7 +385,7 @@ def sweep(
     assert st is not None
     ids = [c.run_id for c in configs]
     st.add_sweep(spec.name, spec.model_dump(mode="json"), ids)
-    done = st._existing("runs", ids)
+    done = st.existing(ids)
     if progress:
         print(f"sweep {spec.name}: {len(ids)} runs, {len(done)} already in {st.path}, {len(ids) - len(done)} to train",
               file=sys.stderr)

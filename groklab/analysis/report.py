@@ -42,13 +42,10 @@ def _grid(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
 
 def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, axes: list[str], kind: str, path: Path) -> None:
     """One panel per cell: train (dashed) and val (solid) accuracy or loss, one colour per seed."""
-    keyed = runs.assign(**{a: runs[a].map(tables._hashable) for a in axes})
-    groups = list(keyed.groupby(axes, sort=True)) if axes else [((), keyed)]
-    groups = groups[:MAX_CELLS]
-    fig, panels = _grid(len(groups))
+    cells = tables.groups(runs, axes)[:MAX_CELLS]
+    fig, panels = _grid(len(cells))
     colors = plt.get_cmap("tab10")
-    for ax, (key, g) in zip(panels, groups):
-        key = key if isinstance(key, tuple) else (key,)
+    for ax, (key, g) in zip(panels, cells):
         for i, (_, run) in enumerate(g.sort_values("train.seed").iterrows()):
             c = curves[(curves["run_id"] == run["run_id"]) & (curves["step"] > 0)]
             col = colors(i % 10)
@@ -99,10 +96,8 @@ def _grok_panel(ax: plt.Axes, df: pd.DataFrame, axis: str, others: list[str], me
     budget = _budget(df, measure)
     never_y = budget * 1.6
     colors = plt.get_cmap("tab10")
-    groups = list(df.groupby(others, sort=True)) if others else [((), df)]
     any_never = False
-    for i, (key, g) in enumerate(groups):
-        key = key if isinstance(key, tuple) else (key,)
+    for i, (key, g) in enumerate(tables.groups(df, others)):
         col = colors(i % 10)
         label = _cell_title(others, key) if others else None
         med_x, med_y, lo, hi = [], [], [], []
@@ -146,7 +141,7 @@ def plot_grok_vs_axis(runs: pd.DataFrame, axes: list[str], axis: str, path: Path
     median and quartiles per value, one line per combination of the other axes; runs that never
     grokked drawn as ▽ above the budget line and counted as +inf in the statistics."""
     others = [a for a in axes if a != axis]
-    df = runs.assign(**{a: runs[a].map(tables._hashable) for a in axes})
+    df = runs.assign(**{a: runs[a].map(tables.hashable) for a in axes})
     numeric = _numeric(df[axis])
     xs_all = sorted(df[axis].unique(), key=lambda v: (v is None, v))
     pos = {v: (float(v) if numeric else i) for i, v in enumerate(xs_all)}

@@ -14,14 +14,22 @@ EVENT_COLUMNS = ["run_id", "status", "memorized_step", "grokked_step", "grok_del
                  "grokked_seconds", "steps_run", "final_train_acc", "final_val_acc", "wall_seconds"]
 
 
-def _hashable(v: Any) -> Any:
+def hashable(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFrame]]:
+    """Runs grouped by the values of `keys` (lists/dicts made hashable), each key a tuple, sorted."""
+    keyed = runs.assign(**{k: runs[k].map(hashable) for k in keys})
+    if not keys:
+        return [((), keyed)]
+    return [(k if isinstance(k, tuple) else (k,), g) for k, g in keyed.groupby(keys, sort=True, dropna=False)]
 
 
 def varying_axes(runs: pd.DataFrame) -> list[str]:
     """Config columns whose values differ between runs (the axes of a store without a sweep)."""
     cfg_cols = [c for c in runs.columns if "." in c and c not in NOT_AXES]
-    return [c for c in cfg_cols if runs[c].map(_hashable).nunique(dropna=False) > 1]
+    return [c for c in cfg_cols if runs[c].map(hashable).nunique(dropna=False) > 1]
 
 
 def events(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
@@ -29,7 +37,7 @@ def events(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     cols = axes + ["train.seed"] + EVENT_COLUMNS
     out = runs[cols].copy()
     for a in axes:
-        out[a] = out[a].map(_hashable)
+        out[a] = out[a].map(hashable)
     return out.sort_values(axes + ["train.seed"]).reset_index(drop=True)
 
 
@@ -40,10 +48,7 @@ def cells(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     their budget), so a cell where most seeds failed has no finite median instead of a flattering one.
     """
     rows = []
-    keyed = runs.assign(**{a: runs[a].map(_hashable) for a in axes})
-    groups = keyed.groupby(axes, sort=True, dropna=False) if axes else [((), keyed)]
-    for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
+    for key, g in groups(runs, axes):
         grok = g["grokked_step"].astype("float").fillna(np.inf).to_numpy()
         mem = g["memorized_step"].astype("float").dropna().to_numpy()
         finite = grok[np.isfinite(grok)]
