@@ -10,7 +10,7 @@ import time
 
 import pytest
 import yaml
-from storeutil import rows_hash
+from storeutil import make_newer_store, rows_hash
 
 import groklab
 from groklab.cli import main
@@ -222,14 +222,7 @@ def test_hostile_stores_exit_2_and_are_left_untouched(tmp_path, capsys):
     con.close()
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database at all" * 50)
-    newer = tmp_path / "newer.db"
-    from groklab.store import Store
-
-    Store(newer).close()
-    con = sqlite3.connect(newer)
-    con.execute("UPDATE meta SET value='7' WHERE key='schema_version'")
-    con.commit()
-    con.close()
+    newer = make_newer_store(tmp_path / "newer.db", 7)
     for path, message in ((other, "not a groklab store"), (junk, "not a groklab"), (newer, "schema version 7")):
         before = path.read_bytes()
         for args in (["ls"], ["report", "-o", str(tmp_path / "r")], ["run", "train.steps=1"]):

@@ -2,7 +2,7 @@ import json
 import sqlite3
 
 import pytest
-from storeutil import rows_hash
+from storeutil import make_newer_store, rows_hash
 
 import groklab
 from groklab import engine
@@ -80,12 +80,7 @@ def test_not_a_groklab_store_is_refused(tmp_path):
 
 
 def test_newer_schema_is_refused(tmp_path):
-    p = tmp_path / "s.db"
-    Store(p).close()
-    con = sqlite3.connect(p)
-    con.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
-    con.commit()
-    con.close()
+    p = make_newer_store(tmp_path / "s.db", 99)
     with pytest.raises(StoreError, match="schema version 99"):
         Store(p)
 

@@ -106,7 +106,7 @@ def execute(
     from groklab.sweep import _load_init_weights, group, pack_id
 
     ray = _ray()
-    stored = store.run_ids()
+    stored = store.existing([c.run_id for c in configs])
     packs = [[c for c in p if c.run_id not in stored] for p in group(configs, pack_size)]
     packs = [p for p in packs if p]
     if not packs:
