@@ -21,7 +21,8 @@ import torch
 
 from groklab.engine import Pack
 
-MAGIC = b"GROKLAB-CKPT-1\n"
+# The number is the format version: version 2 stores parameters and optimizer state flat [R, P].
+MAGIC = b"GROKLAB-CKPT-2\n"
 
 
 class CorruptCheckpoint(ValueError):
@@ -40,12 +41,11 @@ def state_dict(pack: Pack) -> dict[str, Any]:
         "samples": pack.samples,
         "batch_size": pack.batch_size,
         "elapsed": time.perf_counter() - pack.start_time,
-        "params": cpu(pack.params),
+        "flat": pack.flat.cpu(),
         "buffers": cpu(pack.buffers),
         "opt": {
             "step": o.step, "grokfast_count": o.grokfast_count,
-            **{k: cpu(getattr(o, k)) for k in ("exp_avg", "exp_avg_sq", "momentum_buffer", "init",
-                                               "grokfast_ema", "grokfast_window")},
+            **{k: None if getattr(o, k) is None else getattr(o, k).cpu() for k in o.TENSORS},
         },
         "sampler_gens": [g.get_state() for g in pack.sampler.generators],
         "sampler_buffer": pack.sampler.buffer,
@@ -67,12 +67,12 @@ def load_state_dict(pack: Pack, sd: dict[str, Any]) -> None:
     pack.step, pack.evaluated_step, pack.samples = sd["step"], sd["evaluated_step"], sd["samples"]
     pack.batch_size = sd["batch_size"]
     pack.start_time = time.perf_counter() - sd["elapsed"]
-    pack.params = {k: v.to(dev).requires_grad_() for k, v in sd["params"].items()}
+    pack.set_flat(sd["flat"].to(dev))
     pack.buffers = {k: v.to(dev) for k, v in sd["buffers"].items()}
     o = pack.opt_state
     o.step, o.grokfast_count = sd["opt"]["step"], sd["opt"]["grokfast_count"]
-    for k in ("exp_avg", "exp_avg_sq", "momentum_buffer", "init", "grokfast_ema", "grokfast_window"):
-        setattr(o, k, {n: v.to(dev) for n, v in sd["opt"][k].items()})
+    for k in o.TENSORS:
+        setattr(o, k, None if sd["opt"][k] is None else sd["opt"][k].to(dev))
     for g, s in zip(pack.sampler.generators, sd["sampler_gens"]):
         g.set_state(s)
     pack.sampler.buffer = sd["sampler_buffer"]
@@ -108,6 +108,9 @@ def save(path: Path, sd: dict[str, Any]) -> None:
 
 def _read(path: Path) -> dict[str, Any]:
     data = path.read_bytes()
+    if data.startswith(b"GROKLAB-CKPT-") and not data.startswith(MAGIC):
+        found = data[: data.find(b"\n")].decode(errors="replace")
+        raise CorruptCheckpoint(f"{path}: {found} is another groklab version's checkpoint format")
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 65:
         raise CorruptCheckpoint(f"{path}: not a groklab checkpoint")
     digest, payload = data[len(MAGIC) : len(MAGIC) + 64], data[len(MAGIC) + 65 :]

@@ -153,9 +153,10 @@ class NoiseScale:
     def __init__(self, ema: float):
         self.ema, self.trace, self.g2 = ema, None, None
 
-    def update(self, g_halves: list[list[torch.Tensor]], b: int) -> None:
-        small = sum(sum(g.pow(2).sum() for g in gs) for gs in g_halves) / len(g_halves)
-        big = sum(((a + c) / 2).pow(2).sum() for a, c in zip(*g_halves))
+    def update(self, g_a: torch.Tensor, g_c: torch.Tensor, b: int) -> None:
+        """g_a, g_c: flat gradients of the two halves of a batch of b examples."""
+        small = (g_a.pow(2).sum() + g_c.pow(2).sum()) / 2
+        big = ((g_a + g_c) / 2).pow(2).sum()
         b_small, b_big = b / 2, b
         g2 = (b_big * big - b_small * small) / (b_big - b_small)
         trace = (small - big) / (1 / b_small - 1 / b_big)
@@ -202,15 +203,17 @@ class Pack:
                 stacked.setdefault(k, []).append(v)
             for k, v in buffers.items():
                 stacked_buffers.setdefault(k, []).append(v)
-        self.params = {k: torch.stack(v).to(dev).requires_grad_() for k, v in stacked.items()}
+        self.layout = optim.Layout({k: tuple(v[0].shape) for k, v in stacked.items()})
+        self.set_flat(self.layout.flatten([torch.stack(v) for v in stacked.values()]).to(dev))
         self.buffers = {k: torch.stack(v).to(dev) for k, v in stacked_buffers.items()}
         # Decay on every parameter, or only on weight matrices (not embeddings, biases, norm gains).
         self.decay_on = set(self.params) if cfg.optim.decay_on == "all" else {k for k in self.params if k.endswith(".w")}
+        self.decay_mask = None if cfg.optim.decay_on == "all" else self.layout.mask(self.decay_on, dev)
 
         self.hyper = optim.Hyper.from_configs(configs, dev)
         self.opt_state = optim.OptimState()
         if cfg.optim.decay == "to_init":
-            self.opt_state.init = {k: p.detach().clone() for k, p in self.params.items()}
+            self.opt_state.init = self.flat.clone()
         self.fixed_norm = any(c.optim.fixed_norm for c in configs)
         replacement = cfg.train.sampling == "with_replacement"
         self.sampler = BatchSampler([run_generator(s, 2) for s in seeds], self.train_idx.shape[1], replacement)
@@ -241,6 +244,12 @@ class Pack:
     def size(self) -> int:
         return len(self.configs)
 
+    def set_flat(self, flat: torch.Tensor) -> None:
+        """Install flat parameters [R, P]. `self.params` are autograd leaves that are views of it,
+        so the optimizer's in-place update of the flat tensor is what the model sees next step."""
+        self.flat = flat
+        self.params = {k: v.requires_grad_() for k, v in self.layout.views(flat).items()}
+
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
         u = torch.stack([torch.rand(x.shape[1:], generator=g) for g in self.dropout_gens]).to(x.device)
         p = self.dropout_p.view(-1, *([1] * (x.dim() - 1)))
@@ -268,10 +277,12 @@ class Pack:
         labels = self.labels[idx].view(*idx.shape, -1)
         return self._loss_fn(self.params, self.inputs[idx], labels)
 
-    def _grads(self, positions: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _grads(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss [R] and flat gradient [R, P] on train-set positions [R, b]."""
         loss = self.loss(positions)
         # Runs never mix, so the gradient of the sum is each run's own gradient.
-        return loss.detach(), list(torch.autograd.grad(loss.sum(), list(self.params.values())))
+        grads = torch.autograd.grad(loss.sum(), list(self.params.values()))
+        return loss.detach(), self.layout.flatten(list(grads))
 
     def train_step(self) -> None:
         t, cfg = self.cfg.train, self.cfg
@@ -283,22 +294,24 @@ class Pack:
             # Adaptive batch: the two halves give the noise-scale measurement and, averaged, the gradient.
             halves = [self._grads(positions[:, : b // 2]), self._grads(positions[:, b // 2 : 2 * (b // 2)])]
             loss = (halves[0][0] + halves[1][0]) / 2
-            grads = [(a + c) / 2 for a, c in zip(halves[0][1], halves[1][1])]
-            self.noise.update([h[1] for h in halves], 2 * (b // 2))
+            grads = (halves[0][1] + halves[1][1]) / 2
+            self.noise.update(halves[0][1], halves[1][1], 2 * (b // 2))
         else:
             loss, grads = self._grads(positions[:, :b])
             for j in range(1, k):  # gradient accumulation: the mean of k micro-batch means
                 lj, gj = self._grads(positions[:, j * b : (j + 1) * b])
-                loss, grads = loss + lj, [g + h for g, h in zip(grads, gj)]
+                loss, grads = loss + lj, grads + gj
             if k > 1:
-                loss, grads = loss / k, [g / k for g in grads]
-        gsum = sum(g.flatten(1).sum(1) for g in grads)
-        finite = torch.isfinite(loss) & torch.isfinite(gsum)
+                loss, grads = loss / k, grads / k
+        finite = torch.isfinite(loss) & torch.isfinite(grads.sum(1))
         self.diverged_at = torch.where(~finite & (self.diverged_at < 0), self.step, self.diverged_at)
         lr = optim.lr_at(self.hyper, self.step, cfg.optim.schedule, optim.batch_scale(cfg.optim, b * k))
+        ok: torch.Tensor | None = self.diverged_at < 0
+        if self.device.type == "cpu" and bool(ok.all()):  # free on the CPU; a sync on a GPU
+            ok = None
         optim.step(
-            cfg.optim, self.params, dict(zip(self.params, grads)), self.opt_state, self.hyper, lr,
-            ok=self.diverged_at < 0, decay_on=self.decay_on, fixed_norm=self.fixed_norm,
+            cfg.optim, self.flat, grads, self.opt_state, self.hyper, lr, ok=ok,
+            layout=self.layout, decay_mask=self.decay_mask, fixed_norm=self.fixed_norm,
         )
         self.step += 1
         self.samples += b * k
@@ -321,7 +334,7 @@ class Pack:
                 correct += (logits.argmax(-1) == labels).all(-1).sum(1)
             out[f"{name}_loss"] = loss_sum / idx.shape[1]
             out[f"{name}_acc"] = correct / idx.shape[1]
-        out["param_norm"] = sum(p.detach().pow(2).flatten(1).sum(1) for p in self.params.values()).sqrt()
+        out["param_norm"] = self.flat.pow(2).sum(1).sqrt()
         b = self.batch_size * self.cfg.train.accumulate
         out["lr"] = optim.lr_at(self.hyper, max(self.step - 1, 0), self.cfg.optim.schedule,
                                 optim.batch_scale(self.cfg.optim, b))
@@ -385,7 +398,7 @@ class Pack:
     def compact(self, keep: list[int]) -> None:
         """Drop every run not in `keep` from all stacked tensors and host lists."""
         k = torch.tensor(keep, dtype=torch.long, device=self.device)
-        self.params = {n: p.detach()[k].requires_grad_() for n, p in self.params.items()}
+        self.set_flat(self.flat[k])
         self.buffers = {n: b[k] for n, b in self.buffers.items()}
         self.opt_state = self.opt_state.select(k)
         self.hyper = self.hyper.select(k)

@@ -1,5 +1,8 @@
 """Batched optimizers: one update for R runs, every numeric hyperparameter a per-run tensor [R].
 
+A pack's parameters live in one flat tensor [R, P] (see `Layout`), so an update is a handful of
+elementwise ops on that tensor, not a handful per parameter tensor.
+
 The update rules mirror torch.optim.{AdamW, Adam, SGD} (tests compare them step by step), so a
 groklab run follows the trajectory of the plain loop a user would write. One update, in order:
 
@@ -17,7 +20,7 @@ Runs whose `ok` flag is False (diverged) keep their parameters and state untouch
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -98,124 +101,166 @@ def batch_scale(o: OptimConfig, batch_size: int) -> float:
     return (batch_size / o.base_batch_size) ** power
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where each named parameter of a run lives in the run's flat parameter vector.
+
+    A pack keeps all its parameters in one tensor [R, P]; each named parameter [R, *shape] is a view
+    of columns offset..offset+numel. The optimizer then updates one tensor with a handful of
+    elementwise ops per step, however many parameter tensors the model has."""
+
+    shapes: dict[str, tuple[int, ...]]
+
+    @classmethod
+    def of(cls, params: dict[str, torch.Tensor]) -> Layout:
+        """The layout of stacked parameters {name: [R, *shape]}."""
+        return cls({k: tuple(v.shape[1:]) for k, v in params.items()})
+
+    @property
+    def spans(self) -> dict[str, tuple[int, int]]:
+        out, at = {}, 0
+        for k, s in self.shapes.items():
+            out[k] = (at, at + math.prod(s))
+            at += math.prod(s)
+        return out
+
+    @property
+    def size(self) -> int:
+        return sum(math.prod(s) for s in self.shapes.values())
+
+    def flatten(self, tensors: dict[str, torch.Tensor] | list[torch.Tensor]) -> torch.Tensor:
+        """Stacked tensors [R, *shape] (a dict by name, or a list in layout order) -> one [R, P]."""
+        vals = list(tensors.values()) if isinstance(tensors, dict) else tensors
+        return torch.cat([v.reshape(v.shape[0], -1) for v in vals], dim=1)
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: [R, *shape]} views sharing flat's storage: writing to flat updates them."""
+        r = flat.shape[0]
+        return {k: flat[:, a:b].view(r, *self.shapes[k]) for k, (a, b) in self.spans.items()}
+
+    def mask(self, names: set[str], device: torch.device | None = None) -> torch.Tensor:
+        """[1, P] float: 1 on the columns of `names`, 0 elsewhere."""
+        m = torch.zeros(1, self.size, device=device)
+        for k, (a, b) in self.spans.items():
+            if k in names:
+                m[:, a:b] = 1.0
+        return m
+
+
 @dataclass
 class OptimState:
+    """Optimizer state as flat tensors [R, P] (None until first used)."""
+
     step: int = 0
-    exp_avg: dict[str, torch.Tensor] = field(default_factory=dict)
-    exp_avg_sq: dict[str, torch.Tensor] = field(default_factory=dict)
-    momentum_buffer: dict[str, torch.Tensor] = field(default_factory=dict)
-    init: dict[str, torch.Tensor] = field(default_factory=dict)  # w0 for decay: to_init
-    grokfast_ema: dict[str, torch.Tensor] = field(default_factory=dict)
-    grokfast_window: dict[str, torch.Tensor] = field(default_factory=dict)  # [R, window, ...] ring buffer
+    exp_avg: torch.Tensor | None = None
+    exp_avg_sq: torch.Tensor | None = None
+    momentum_buffer: torch.Tensor | None = None
+    init: torch.Tensor | None = None  # w0 for decay: to_init
+    grokfast_ema: torch.Tensor | None = None
+    grokfast_window: torch.Tensor | None = None  # [R, window, P] ring buffer
     grokfast_count: int = 0
 
+    TENSORS = ("exp_avg", "exp_avg_sq", "momentum_buffer", "init", "grokfast_ema", "grokfast_window")
+
     def select(self, keep: torch.Tensor) -> OptimState:
-        def sel(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {k: v[keep] for k, v in d.items()}
-
-        return OptimState(self.step, sel(self.exp_avg), sel(self.exp_avg_sq), sel(self.momentum_buffer),
-                          sel(self.init), sel(self.grokfast_ema), sel(self.grokfast_window), self.grokfast_count)
+        kept = {k: None if getattr(self, k) is None else getattr(self, k)[keep] for k in self.TENSORS}
+        return OptimState(step=self.step, grokfast_count=self.grokfast_count, **kept)
 
 
-def _col(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """[R] -> [R, 1, ..., 1] broadcasting against `like`."""
-    return x.view(-1, *([1] * (like.dim() - 1)))
+def orthogonalize(w: torch.Tensor, g: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """⊥Grad (Prieto et al., 2025), per run and parameter tensor: remove g's component along w,
+    rescale to g's norm. w, g: flat [R, P]."""
+    out = torch.empty_like(g)
+    for a, b in layout.spans.values():
+        wf, gf = w[:, a:b], g[:, a:b]
+        proj = (wf * gf).sum(1, keepdim=True) / ((wf * wf).sum(1, keepdim=True) + 1e-30)
+        orth = gf - proj * wf
+        out[:, a:b] = orth * (gf.norm(dim=1, keepdim=True) / (orth.norm(dim=1, keepdim=True) + 1e-30))
+    return out
 
 
-def orthogonalize(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """⊥Grad (Prieto et al., 2025), per run: remove g's component along w, rescale to g's norm."""
-    wf, gf = w.flatten(1), g.flatten(1)
-    proj = (wf * gf).sum(1, keepdim=True) / ((wf * wf).sum(1, keepdim=True) + 1e-30)
-    orth = gf - proj * wf
-    scale = gf.norm(dim=1, keepdim=True) / (orth.norm(dim=1, keepdim=True) + 1e-30)
-    return (orth * scale).view_as(g)
-
-
-def grokfast(o: OptimConfig, grads: dict[str, torch.Tensor], state: OptimState, hp: Hyper) -> dict[str, torch.Tensor]:
-    """Grokfast (Lee et al., 2024), as ironjr/grokfast's gradfilter_ema / gradfilter_ma.
+def grokfast(o: OptimConfig, g: torch.Tensor, state: OptimState, hp: Hyper) -> torch.Tensor:
+    """Grokfast (Lee et al., 2024), as ironjr/grokfast's gradfilter_ema / gradfilter_ma, on flat g [R, P].
 
     ema: s <- alpha s + (1 - alpha) g (s starts at the first g); g <- g + lamb s.
     ma:  s = mean of the last `window` gradients, applied only once the window is full.
     """
     gf = o.grokfast
     assert gf is not None
-    out = {}
+    lamb = hp.grokfast_lamb[:, None]
     if gf.kind == "ema":
-        for k, g in grads.items():
-            s = state.grokfast_ema.get(k)
-            s = g.clone() if s is None else torch.lerp(s, g, 1 - _col(hp.grokfast_alpha, g))
-            state.grokfast_ema[k] = s
-            out[k] = g + _col(hp.grokfast_lamb, g) * s
-        return out
-    slot = state.grokfast_count % gf.window
+        s = state.grokfast_ema
+        s = g.clone() if s is None else torch.lerp(s, g, 1 - hp.grokfast_alpha[:, None])
+        state.grokfast_ema = s
+        return g + lamb * s
+    if state.grokfast_window is None:
+        state.grokfast_window = torch.zeros(g.shape[0], gf.window, g.shape[1], device=g.device)
+    state.grokfast_window[:, state.grokfast_count % gf.window] = g
     state.grokfast_count += 1
-    for k, g in grads.items():
-        buf = state.grokfast_window.get(k)
-        if buf is None:
-            buf = state.grokfast_window[k] = torch.zeros(g.shape[0], gf.window, *g.shape[1:], device=g.device)
-        buf[:, slot] = g
-        out[k] = g + _col(hp.grokfast_lamb, g) * buf.mean(1) if state.grokfast_count >= gf.window else g
-    return out
+    return g + lamb * state.grokfast_window.mean(1) if state.grokfast_count >= gf.window else g
 
 
 @torch.no_grad()
 def step(
     o: OptimConfig,
-    params: dict[str, torch.Tensor],
-    grads: dict[str, torch.Tensor],
+    p: torch.Tensor,
+    g: torch.Tensor,
     state: OptimState,
     hp: Hyper,
     lr: torch.Tensor,
-    ok: torch.Tensor,
-    decay_on: set[str] | None = None,
+    ok: torch.Tensor | None,
+    layout: Layout | None = None,
+    decay_mask: torch.Tensor | None = None,
     fixed_norm: bool = False,
 ) -> None:
-    """One in-place update of every run whose `ok` [R] is True. `o` holds the pack-wide choices
-    (name, decay kind, filters); `hp` the per-run numbers. `decay_on`: names that decay (default all);
-    `fixed_norm`: whether any run of the pack has a norm constraint."""
+    """One in-place update of flat parameters p [R, P] with gradients g [R, P], for every run whose
+    `ok` [R] is True (None: every run). `o` holds the pack-wide choices (name, decay kind, filters); `hp` the per-run
+    numbers. `layout` names the parameter tensors (needed by orthograd); `decay_mask` [1, P] limits
+    decay to some columns (default all); `fixed_norm`: whether any run has a norm constraint."""
     state.step += 1
     t = state.step
     if o.orthograd:
-        grads = {k: orthogonalize(params[k], g) for k, g in grads.items()}
+        if layout is None:
+            raise ValueError("optim.orthograd needs the parameter layout")
+        g = orthogonalize(p, g, layout)
     if o.grokfast is not None:
-        grads = grokfast(o, grads, state, hp)
-    new: dict[str, torch.Tensor] = {}
-    for k, p in params.items():
-        g = grads[k]
-        lr_ = _col(lr, p)
-        wd = _col(hp.weight_decay, p) if decay_on is None or k in decay_on else torch.zeros_like(lr_)
-        if o.decay == "coupled":
-            g = g + wd * p
-        if o.name == "sgd":
-            mom = _col(hp.momentum, p)
-            old = state.momentum_buffer.get(k)
-            buf = g.clone() if old is None else mom * old + g
-            state.momentum_buffer[k] = buf if old is None else torch.where(_col(ok, p), buf, old)
-            update = lr_ * (g + mom * buf if o.nesterov else buf)
-        else:
-            b1, b2, eps = _col(hp.beta1, p), _col(hp.beta2, p), _col(hp.eps, p)
-            m = state.exp_avg.setdefault(k, torch.zeros_like(p))
-            v = state.exp_avg_sq.setdefault(k, torch.zeros_like(p))
-            m_new = torch.lerp(m, g, 1 - b1)
-            v_new = v * b2 + (1 - b2) * g * g
-            denom = v_new.sqrt() / (1 - b2**t).sqrt() + eps
-            update = (lr_ / (1 - b1**t)) * m_new / denom
-            keep = _col(ok, p)
-            m.copy_(torch.where(keep, m_new, m))
-            v.copy_(torch.where(keep, v_new, v))
-        if o.decay == "decoupled":
-            base = p * (1 - lr_ * wd)
-        elif o.decay == "to_init":
-            base = p - lr_ * wd * (p - state.init[k])
-        else:
-            base = p
-        q = base - update
-        if o.decay == "l1":
-            q = torch.sign(q) * torch.clamp(q.abs() - lr_ * wd, min=0.0)
-        new[k] = q
+        g = grokfast(o, g, state, hp)
+    lr_ = lr[:, None]
+
+    def kept(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:  # runs not ok keep their old values
+        return new if ok is None else torch.where(ok[:, None], new, old)
+
+    wd = hp.weight_decay[:, None] if decay_mask is None else hp.weight_decay[:, None] * decay_mask
+    if o.decay == "coupled":
+        g = g + wd * p
+    if o.name == "sgd":
+        mom = hp.momentum[:, None]
+        old = state.momentum_buffer
+        buf = g.clone() if old is None else mom * old + g
+        state.momentum_buffer = buf if old is None else kept(buf, old)
+        update = lr_ * (g + mom * buf if o.nesterov else buf)
+    else:
+        b1, b2 = hp.beta1[:, None], hp.beta2[:, None]
+        m = torch.zeros_like(p) if state.exp_avg is None else state.exp_avg
+        v = torch.zeros_like(p) if state.exp_avg_sq is None else state.exp_avg_sq
+        # The same arithmetic as torch.optim.AdamW: lerp for m, v * b2 + (1 - b2) g g for v.
+        m_new = torch.lerp(m, g, 1 - b1)
+        v_new = torch.addcmul(v * b2, (1 - b2) * g, g)
+        denom = v_new.sqrt().div_((1 - b2**t).sqrt()).add_(hp.eps[:, None])
+        update = m_new.mul(lr_ / (1 - b1**t)).div_(denom)
+        state.exp_avg, state.exp_avg_sq = kept(m_new, m), kept(v_new, v)
+    if o.decay == "decoupled":
+        q = p.mul(1 - lr_ * wd)
+    elif o.decay == "to_init":
+        assert state.init is not None, "optim.decay to_init needs state.init"
+        q = p - lr_ * wd * (p - state.init)
+    else:
+        q = p.clone()
+    q.sub_(update)
+    if o.decay == "l1":
+        q = torch.sign(q) * torch.clamp(q.abs() - lr_ * wd, min=0.0)
     if fixed_norm:
-        norm = torch.sqrt(sum(q.pow(2).flatten(1).sum(1) for q in new.values()))
+        norm = q.pow(2).sum(1).sqrt()
         factor = torch.where(hp.fixed_norm > 0, hp.fixed_norm / norm.clamp(min=1e-30), torch.ones_like(norm))
-        new = {k: q * _col(factor, q) for k, q in new.items()}
-    for k, p in params.items():
-        p.copy_(torch.where(_col(ok, p), new[k], p))
+        q.mul_(factor[:, None])
+    p.copy_(kept(q, p))

@@ -14,14 +14,15 @@ from groklab.engine import BatchSampler, Pack, per_example_loss, run_generator, 
 from groklab.metrics import EVAL_METRICS
 
 
-def _step(cfg_overrides, params, grads, steps=1, runs=1):
+def _step(cfg_overrides, w, g, steps=1, runs=1):
+    """`steps` updates of flat parameters w [R, P] with the constant gradient g; returns w."""
     cfgs = [make_config(None, {"optim.warmup_steps": 0, **cfg_overrides}) for _ in range(runs)]
     hp = optim.Hyper.from_configs(cfgs, torch.device("cpu"))
-    state = optim.OptimState(init={k: v.clone() for k, v in params.items()})
+    state = optim.OptimState(init=w.clone())
     for t in range(steps):
-        optim.step(cfgs[0].optim, params, grads, state, hp, optim.lr_at(hp, t), torch.ones(runs, dtype=torch.bool),
+        optim.step(cfgs[0].optim, w, g, state, hp, optim.lr_at(hp, t), torch.ones(runs, dtype=torch.bool),
                    fixed_norm=cfgs[0].optim.fixed_norm is not None)
-    return params
+    return w
 
 
 # ---- weight decay variants ---------------------------------------------------------------------
@@ -30,7 +31,7 @@ def _step(cfg_overrides, params, grads, steps=1, runs=1):
 def test_decoupled_and_coupled_are_adamw_and_adam(name, decay, ref):
     g = torch.Generator().manual_seed(0)
     w0, grads = torch.randn(1, 6, generator=g), [torch.randn(1, 6, generator=g) for _ in range(4)]
-    p = {"w": w0.clone()}
+    p = w0.clone()
     cfg = make_config(None, {"optim.name": name, "optim.decay": decay, "optim.lr": 0.05, "optim.weight_decay": 0.3,
                              "optim.warmup_steps": 0})
     hp = optim.Hyper.from_configs([cfg], torch.device("cpu"))
@@ -38,10 +39,10 @@ def test_decoupled_and_coupled_are_adamw_and_adam(name, decay, ref):
     ref_p = w0[0].clone().requires_grad_()
     opt = ref([ref_p], lr=0.05, weight_decay=0.3, betas=(0.9, 0.98))
     for t, gr in enumerate(grads):
-        optim.step(cfg.optim, p, {"w": gr}, state, hp, optim.lr_at(hp, t), torch.ones(1, dtype=torch.bool))
+        optim.step(cfg.optim, p, gr, state, hp, optim.lr_at(hp, t), torch.ones(1, dtype=torch.bool))
         ref_p.grad = gr[0].clone()
         opt.step()
-    torch.testing.assert_close(p["w"][0], ref_p.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(p[0], ref_p.detach(), rtol=1e-6, atol=1e-6)
 
 
 def test_decoupled_vs_coupled_differ_exactly_as_the_formulas_say():
@@ -51,46 +52,44 @@ def test_decoupled_vs_coupled_differ_exactly_as_the_formulas_say():
     lr, wd = 0.1, 0.5
     for decay in ("decoupled", "coupled"):
         p = _step({"optim.name": "sgd", "optim.decay": decay, "optim.lr": lr, "optim.weight_decay": wd},
-                  {"w": w.clone()}, {"w": g})
-        torch.testing.assert_close(p["w"], w - lr * g - lr * wd * w)
-    dec = _step({"optim.decay": "decoupled", "optim.lr": lr, "optim.weight_decay": wd}, {"w": w.clone()}, {"w": g})
-    cou = _step({"optim.decay": "coupled", "optim.lr": lr, "optim.weight_decay": wd}, {"w": w.clone()}, {"w": g})
+                  w.clone(), g)
+        torch.testing.assert_close(p, w - lr * g - lr * wd * w)
+    dec = _step({"optim.decay": "decoupled", "optim.lr": lr, "optim.weight_decay": wd}, w.clone(), g)
+    cou = _step({"optim.decay": "coupled", "optim.lr": lr, "optim.weight_decay": wd}, w.clone(), g)
     # first Adam step: direction = sign of the gradient (m/sqrt(v) = ±1)
-    torch.testing.assert_close(dec["w"], w * (1 - lr * wd) - lr * torch.sign(g), atol=1e-6, rtol=0)
-    torch.testing.assert_close(cou["w"], w - lr * torch.sign(g + wd * w), atol=1e-6, rtol=0)
+    torch.testing.assert_close(dec, w * (1 - lr * wd) - lr * torch.sign(g), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cou, w - lr * torch.sign(g + wd * w), atol=1e-6, rtol=0)
 
 
 def test_l1_drives_small_weights_exactly_to_zero():
     w = torch.tensor([[0.004, -0.015, 0.3, -1.0]])
-    p = _step({"optim.decay": "l1", "optim.lr": 0.01, "optim.weight_decay": 1.0}, {"w": w.clone()},
-              {"w": torch.zeros_like(w)}, steps=3)
+    p = _step({"optim.decay": "l1", "optim.lr": 0.01, "optim.weight_decay": 1.0}, w.clone(), torch.zeros_like(w),
+              steps=3)
     # each step moves every weight 0.01 toward 0, never past it
-    torch.testing.assert_close(p["w"], torch.tensor([[0.0, 0.0, 0.27, -0.97]]))
-    assert (p["w"][0, :2] == 0).all()
+    torch.testing.assert_close(p, torch.tensor([[0.0, 0.0, 0.27, -0.97]]))
+    assert (p[0, :2] == 0).all()
 
 
 def test_to_init_returns_toward_the_initial_weights():
     g = torch.Generator().manual_seed(1)
     w0 = torch.randn(1, 8, generator=g)
-    params = {"w": w0.clone()}
+    w = w0.clone()
     cfgs = [make_config(None, {"optim.decay": "to_init", "optim.lr": 0.1, "optim.weight_decay": 1.0,
                                "optim.warmup_steps": 0})]
     hp = optim.Hyper.from_configs(cfgs, torch.device("cpu"))
-    state = optim.OptimState(init={"w": w0.clone()})
-    params["w"] += 5.0  # moved away from init
+    state = optim.OptimState(init=w0.clone())
+    w += 5.0  # moved away from init
     for t in range(5):
-        optim.step(cfgs[0].optim, params, {"w": torch.zeros_like(w0)}, state, hp, optim.lr_at(hp, t),
-                   torch.ones(1, dtype=torch.bool))
-    torch.testing.assert_close(params["w"] - w0, torch.full_like(w0, 5.0 * 0.9**5))
+        optim.step(cfgs[0].optim, w, torch.zeros_like(w0), state, hp, optim.lr_at(hp, t), None)
+    torch.testing.assert_close(w - w0, torch.full_like(w0, 5.0 * 0.9**5))
 
 
 def test_decay_on_matrices_spares_embeddings_biases_and_gains(micro):
     micro["optim"] = {"weight_decay": 10.0, "lr": 0.1, "decay_on": "matrices", "warmup_steps": 0}
     pack = Pack([make_config(micro)])
     before = {k: v.detach().clone() for k, v in pack.params.items()}
-    zero = {k: torch.zeros_like(v) for k, v in pack.params.items()}
-    optim.step(pack.cfg.optim, pack.params, zero, pack.opt_state, pack.hyper, pack.hyper.lr,
-               torch.ones(1, dtype=torch.bool), decay_on=pack.decay_on)
+    optim.step(pack.cfg.optim, pack.flat, torch.zeros_like(pack.flat), pack.opt_state, pack.hyper, pack.hyper.lr,
+               None, decay_mask=pack.decay_mask)
     assert pack.decay_on == {k for k in before if k.endswith(".w")}
     for k, v in pack.params.items():
         if k.endswith(".w"):
@@ -101,14 +100,13 @@ def test_decay_on_matrices_spares_embeddings_biases_and_gains(micro):
 
 def test_fixed_norm_holds_each_runs_norm():
     g = torch.Generator().manual_seed(2)
-    params = {"a": torch.randn(3, 4, 4, generator=g), "b": torch.randn(3, 4, generator=g)}
+    w = torch.randn(3, 20, generator=g)
     cfgs = [make_config(None, {"optim.fixed_norm": r, "optim.warmup_steps": 0}) for r in (2.0, 7.0)]
     cfgs.append(make_config(None, {"optim.warmup_steps": 0}))
     hp = optim.Hyper.from_configs(cfgs, torch.device("cpu"))
     state = optim.OptimState()
-    grads = {k: torch.randn(v.shape, generator=g) for k, v in params.items()}
-    optim.step(cfgs[0].optim, params, grads, state, hp, hp.lr, torch.ones(3, dtype=torch.bool), fixed_norm=True)
-    norms = torch.sqrt(sum(v.pow(2).flatten(1).sum(1) for v in params.values()))
+    optim.step(cfgs[0].optim, w, torch.randn(3, 20, generator=g), state, hp, hp.lr, None, fixed_norm=True)
+    norms = w.norm(dim=1)
     assert norms[0].item() == pytest.approx(2.0, rel=1e-5) and norms[1].item() == pytest.approx(7.0, rel=1e-5)
     assert norms[2].item() != pytest.approx(2.0, rel=1e-2)
 
@@ -124,7 +122,7 @@ def test_grokfast_ema_matches_the_reference_filter():
     state = optim.OptimState()
     ema = [None, None]
     for gr in gs:
-        ours = optim.grokfast(cfgs[0].optim, {"w": gr}, state, hp)["w"]
+        ours = optim.grokfast(cfgs[0].optim, gr, state, hp)
         for r, (a, lam) in enumerate(settings):
             ema[r] = gr[r].clone() if ema[r] is None else ema[r] * a + gr[r] * (1 - a)
             torch.testing.assert_close(ours[r], gr[r] + lam * ema[r])
@@ -135,7 +133,7 @@ def test_grokfast_ma_waits_for_a_full_window():
     hp = optim.Hyper.from_configs([cfg], torch.device("cpu"))
     state = optim.OptimState()
     gs = [torch.full((1, 2), float(i)) for i in range(1, 6)]
-    outs = [optim.grokfast(cfg.optim, {"w": gr}, state, hp)["w"] for gr in gs]
+    outs = [optim.grokfast(cfg.optim, gr, state, hp) for gr in gs]
     torch.testing.assert_close(outs[0], gs[0])
     torch.testing.assert_close(outs[1], gs[1])
     torch.testing.assert_close(outs[2], gs[2] + 5.0 * 2.0)  # mean(1, 2, 3) = 2
@@ -144,11 +142,13 @@ def test_grokfast_ma_waits_for_a_full_window():
 
 def test_orthograd_removes_the_radial_component_and_keeps_the_norm():
     g = torch.Generator().manual_seed(4)
-    w, gr = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
-    o = optim.orthogonalize(w, gr)
-    for r in range(3):
-        assert (o[r] * w[r]).sum().abs().item() < 1e-5
-        assert o[r].norm().item() == pytest.approx(gr[r].norm().item(), rel=1e-5)
+    layout = optim.Layout({"a": (4, 5), "b": (7,)})
+    w, gr = torch.randn(3, 27, generator=g), torch.randn(3, 27, generator=g)
+    o = optim.orthogonalize(w, gr, layout)
+    for a, b in layout.spans.values():  # per run and per parameter tensor
+        for r in range(3):
+            assert (o[r, a:b] * w[r, a:b]).sum().abs().item() < 1e-5
+            assert o[r, a:b].norm().item() == pytest.approx(gr[r, a:b].norm().item(), rel=1e-5)
 
 
 # ---- losses ------------------------------------------------------------------------------------

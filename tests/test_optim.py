@@ -32,9 +32,12 @@ def test_batched_optimizer_equals_torch_per_run(name):
     hp = optim.Hyper.from_configs(cfgs, torch.device("cpu"))
     state = optim.OptimState()
     ok = torch.ones(3, dtype=torch.bool)
+    layout = optim.Layout.of(params)
+    flat = layout.flatten(params)
+    params = layout.views(flat)
     for t in range(5):
         grads = {"w": torch.randn(3, 4, 5, generator=g), "b": torch.randn(3, 5, generator=g)}
-        optim.step(cfgs[0].optim, params, grads, state, hp, optim.lr_at(hp, t), ok)
+        optim.step(cfgs[0].optim, flat, layout.flatten(grads), state, hp, optim.lr_at(hp, t), ok if t % 2 else None)
         for r, (ps, opt) in enumerate(refs):
             ps[0].grad, ps[1].grad = grads["w"][r].clone(), grads["b"][r].clone()
             opt.step()
@@ -46,12 +49,25 @@ def test_batched_optimizer_equals_torch_per_run(name):
 def test_frozen_runs_are_untouched():
     cfgs = [make_config(None, {"optim.lr": 0.1}) for _ in range(2)]
     hp = optim.Hyper.from_configs(cfgs, torch.device("cpu"))
-    params = {"w": torch.ones(2, 3)}
+    w = torch.ones(2, 3)
     state = optim.OptimState()
-    optim.step(cfgs[0].optim, params, {"w": torch.ones(2, 3)}, state, hp, hp.lr, torch.tensor([True, False]))
-    assert not torch.equal(params["w"][0], torch.ones(3))
-    assert torch.equal(params["w"][1], torch.ones(3))
-    assert torch.equal(state.exp_avg["w"][1], torch.zeros(3))
+    optim.step(cfgs[0].optim, w, torch.ones(2, 3), state, hp, hp.lr, torch.tensor([True, False]))
+    assert not torch.equal(w[0], torch.ones(3))
+    assert torch.equal(w[1], torch.ones(3))
+    assert torch.equal(state.exp_avg[1], torch.zeros(3)) and not torch.equal(state.exp_avg[0], torch.zeros(3))
+
+
+def test_layout_views_share_the_flat_buffer():
+    g = torch.Generator().manual_seed(1)
+    params = {"a": torch.randn(2, 3, 4, generator=g), "b": torch.randn(2, 5, generator=g)}
+    layout = optim.Layout.of(params)
+    flat = layout.flatten(params)
+    assert flat.shape == (2, 17) and layout.size == 17
+    views = layout.views(flat)
+    assert all(torch.equal(views[k], params[k]) for k in params)
+    flat.mul_(2)
+    assert torch.equal(views["a"], 2 * params["a"]) and torch.equal(views["b"], 2 * params["b"])
+    assert layout.mask({"b"}).tolist() == [[0.0] * 12 + [1.0] * 5]
 
 
 def test_warmup_matches_reference_schedule():

@@ -47,7 +47,9 @@ def embed(table: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     tokens in an order that depends on how many runs share the pack, which would break pack ≡ solo
     in the last bits. The vocabularies here are small (≤ a few hundred), so this costs little.
     """
-    onehot = F.one_hot(tokens.reshape(tokens.shape[0], -1), table.shape[1]).to(table.dtype)
+    # (F.one_hot would also work, but it checks the token range with two reductions per call.)
+    vocab = torch.arange(table.shape[1], device=tokens.device)
+    onehot = (tokens.reshape(tokens.shape[0], -1, 1) == vocab).to(table.dtype)
     return torch.bmm(onehot, table).view(*tokens.shape, table.shape[-1])
 
 
