@@ -1,17 +1,20 @@
 """Throughput: groklab packs vs the plain per-run loop, side by side in one process.
 
-    python bench/throughput.py [--steps 6] [--sizes 1 8 64] [--quick]
+    python bench/throughput.py [--seconds 1] [--rounds 3] [--sizes 1 8 64] [--configs a1 a2 b c] [--quick]
 
-For each benchmark configuration and pack size R it alternates: the plain loop (bench/plain.py) for
-`steps` steps of one run, then a groklab pack of R runs for `steps` steps (fp32, then bf16). It prints
-run-steps per second for each, the ratio to the plain loop, and the achieved FLOP/s (nominal model
-FLOPs: 6 x matmul parameters x tokens, plus attention) against this machine's measured matmul peak.
+For each benchmark configuration and pack size R it alternates, `rounds` times: the plain loop
+(bench/plain.py) training one run, then a groklab pack of R runs (fp32, then bf16), each timed over at
+least `seconds`. It prints the median run-steps per second of each, the ratio to the plain loop, and
+the achieved FLOP/s (nominal model FLOPs: 6 x matmul parameters x tokens, plus attention) against this
+machine's measured matmul peak. Alternating and taking medians keeps a busy machine from favouring one
+side.
 Evaluation is not timed (both sides evaluate on the full sets; see bench/time_to_grok.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -26,9 +29,9 @@ except ImportError:  # run as a script from the repository root
     from plain import PlainRun
 
 CONFIGS = {
-    "a) 2L w128 transformer, batch 512": {"task": {"op": "x/y", "modulus": 97, "train_frac": 0.5},
+    "a1) 2L w128 transformer, batch 512": {"task": {"op": "x/y", "modulus": 97, "train_frac": 0.5},
                                           "model": {"layers": 2, "width": 128}, "train": {"batch_size": 512}},
-    "a) 2L w128 transformer, batch 32": {"task": {"op": "x/y", "modulus": 97, "train_frac": 0.5},
+    "a2) 2L w128 transformer, batch 32": {"task": {"op": "x/y", "modulus": 97, "train_frac": 0.5},
                                          "model": {"layers": 2, "width": 128}, "train": {"batch_size": 32}},
     "b) 1L w128 transformer, full batch": {"task": {"modulus": 113, "train_frac": 0.3},
                                            "model": {"layers": 1, "width": 128}, "train": {"batch_size": 100_000}},
@@ -57,45 +60,47 @@ def peak(dtype: torch.dtype, n: int = 1024, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def time_plain(cfg: Config, steps: int) -> float:
-    run = PlainRun(cfg)
-    run.train_step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        run.train_step()
-    return steps / (time.perf_counter() - t)
+def timed(step, min_seconds: float) -> float:
+    """Steps per second of `step()` over at least `min_seconds` (and 2 steps), after one warm-up step."""
+    step()
+    n, t = 0, time.perf_counter()
+    while n < 2 or time.perf_counter() - t < min_seconds:
+        step()
+        n += 1
+    return n / (time.perf_counter() - t)
 
 
-def time_pack(cfg: Config, runs: int, steps: int, precision: str) -> float:
+def time_plain(cfg: Config, min_seconds: float) -> float:
+    return timed(PlainRun(cfg).train_step, min_seconds)
+
+
+def time_pack(cfg: Config, runs: int, min_seconds: float, precision: str) -> float:
     configs = [make_config(cfg, {"train.seed": s, "train.precision": precision}) for s in range(runs)]
-    pack = Pack(configs)
-    pack.train_step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        pack.train_step()
-    return runs * steps / (time.perf_counter() - t)
-
-
+    return runs * timed(Pack(configs).train_step, min_seconds)
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=1.0, help="minimum timed seconds per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64])
-    ap.add_argument("--quick", action="store_true", help="pack sizes 1 and 8, 3 steps")
+    ap.add_argument("--configs", nargs="+", default=["a1", "a2", "b", "c"], help="which configurations to run")
+    ap.add_argument("--quick", action="store_true", help="pack sizes 1 and 8, one round of 0.3 s")
     args = ap.parse_args()
-    sizes, steps = ([1, 8], 3) if args.quick else (args.sizes, args.steps)
+    sizes, seconds, rounds = ([1, 8], 0.3, 1) if args.quick else (args.sizes, args.seconds, args.rounds)
     p32, p16 = peak(torch.float32), peak(torch.bfloat16)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak fp32 {p32 / 1e9:.0f} GFLOP/s, "
-          f"bf16 {p16 / 1e9:.0f} GFLOP/s ({p16 / p32:.1f}x)")
+          f"bf16 {p16 / 1e9:.0f} GFLOP/s ({p16 / p32:.1f}x); median of {rounds} alternating rounds, >= {seconds} s each")
     head = (f"{'config':<36} {'R':>3} {'plain rs/s':>10} {'fp32 rs/s':>10} {'x plain':>8} {'bf16 rs/s':>10} "
             f"{'x plain':>8} {'fp32 %peak':>10} {'bf16 %peak':>10}")
     print(head)
     for name, raw in CONFIGS.items():
+        if name.split(")")[0] not in args.configs:
+            continue
         cfg = make_config(raw)
         f = flops_per_run_step(cfg)
         for r in sizes:
-            plain = time_plain(cfg, steps)
-            fp32 = time_pack(cfg, r, steps, "fp32")
-            bf16 = time_pack(cfg, r, steps, "bf16")
+            rows = [(time_plain(cfg, seconds), time_pack(cfg, r, seconds, "fp32"), time_pack(cfg, r, seconds, "bf16"))
+                    for _ in range(rounds)]
+            plain, fp32, bf16 = (statistics.median(col) for col in zip(*rows))
             print(f"{name:<36} {r:>3} {plain:10.1f} {fp32:10.1f} {fp32 / plain:7.2f}x {bf16:10.1f} {bf16 / plain:7.2f}x "
                   f"{100 * fp32 * f / p32:9.1f}% {100 * bf16 * f / p16:9.1f}%", flush=True)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from groklab import metrics, models, optim
+from groklab import memory, metrics, models, optim
 from groklab.config import Config, ConfigError, pack_key
 from groklab.tasks import Task, make_task, split
 
@@ -204,6 +204,8 @@ class Pack:
             for k, v in buffers.items():
                 stacked_buffers.setdefault(k, []).append(v)
         self.layout = optim.Layout({k: tuple(v[0].shape) for k, v in stacked.items()})
+        self.chunk_runs = memory.train_chunk_runs(cfg, dev)
+        self.spare_grad: torch.Tensor | None = None
         self.set_flat(self.layout.flatten([torch.stack(v) for v in stacked.values()]).to(dev))
         self.buffers = {k: torch.stack(v).to(dev) for k, v in stacked_buffers.items()}
         # Decay on every parameter, or only on weight matrices (not embeddings, biases, norm gains).
@@ -245,44 +247,71 @@ class Pack:
         return len(self.configs)
 
     def set_flat(self, flat: torch.Tensor) -> None:
-        """Install flat parameters [R, P]. `self.params` are autograd leaves that are views of it,
-        so the optimizer's in-place update of the flat tensor is what the model sees next step."""
+        """Install flat parameters [R, P]. The named parameters are autograd leaves that are views of
+        it, so the optimizer's in-place update of the flat tensor is what the model sees next step:
+        `self.params` for the whole pack, `self.chunks` [(runs, params)] per training chunk."""
         self.flat = flat
-        self.params = {k: v.requires_grad_() for k, v in self.layout.views(flat).items()}
+        self.grad = torch.empty_like(flat)
+        self.params = self._leaves(flat)
+        r, c = flat.shape[0], self.chunk_runs
+        self.chunks = [(slice(None), self.params)] if c >= r else [
+            (slice(s, s + c), self._leaves(flat[s : s + c])) for s in range(0, r, c)
+        ]
 
-    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
-        u = torch.stack([torch.rand(x.shape[1:], generator=g) for g in self.dropout_gens]).to(x.device)
-        p = self.dropout_p.view(-1, *([1] * (x.dim() - 1)))
-        return x * (u >= p) / (1 - p)
+    def _leaves(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v.requires_grad_() for k, v in self.layout.views(flat).items()}
 
-    def _logits(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, train: bool) -> torch.Tensor:
+    def _dropout(self, runs: slice) -> models.Dropout:
+        """Dropout for the runs `runs`, each with its own rate and mask generator."""
+        gens, p = self.dropout_gens[runs], self.dropout_p[runs]
+
+        def drop(x: torch.Tensor) -> torch.Tensor:
+            u = torch.stack([torch.rand(x.shape[1:], generator=g) for g in gens]).to(x.device)
+            q = p.view(-1, *([1] * (x.dim() - 1)))
+            return x * (u >= q) / (1 - q)
+
+        return drop
+
+    def _logits(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, buffers: dict[str, torch.Tensor],
+                drop: models.Dropout = models.no_dropout, train: bool = False) -> torch.Tensor:
         """Logits [R, B, L, C] in float32. With `train.precision: bf16` the matmuls run in bfloat16
         (autocast); parameters, optimizer state, softmax and loss stay in float32."""
-        drop = self._dropout if train and self.use_dropout else models.no_dropout
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
-            logits = models.forward(params, inputs, self.cfg.model, self.task, drop, self.buffers, train)
+            logits = models.forward(params, inputs, self.cfg.model, self.task, drop, buffers, train)
         return logits.float()
 
-    def forward(self, idx: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [R, B, L, C] and labels [R, B, L] for dataset indices idx [R, B]."""
-        return self._logits(self.params, self.inputs[idx], train), self.labels[idx].view(*idx.shape, -1)
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation logits [R, B, L, C] and labels [R, B, L] for dataset indices idx [R, B]."""
+        return self._logits(self.params, self.inputs[idx], self.buffers), self.labels[idx].view(*idx.shape, -1)
 
-    def _train_loss(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _train_loss(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], inputs: torch.Tensor,
+                    labels: torch.Tensor, drop: models.Dropout) -> torch.Tensor:
         """Mean training loss per run [R]: the function `train.compile` compiles."""
-        return per_example_loss(self.cfg.train.loss, self._logits(params, inputs, True), labels).mean(1)
+        logits = self._logits(params, inputs, buffers, drop, train=True)
+        return per_example_loss(self.cfg.train.loss, logits, labels).mean(1)
 
-    def loss(self, positions: torch.Tensor) -> torch.Tensor:
-        """Training loss per run [R] on train-set positions [R, b]."""
+    def _grads(self, positions: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Loss [R] on train-set positions [R, b]; writes the flat gradient [R, P] into `out`.
+
+        The runs go through forward and backward in chunks of `chunk_runs` (one chunk unless the pack
+        is large and on the CPU), so the activations stay in cache; runs never mix, so the result is
+        the same either way, and the gradient of a chunk's summed loss is each run's own gradient."""
         idx = self.train_idx.gather(1, positions.to(self.device))
-        labels = self.labels[idx].view(*idx.shape, -1)
-        return self._loss_fn(self.params, self.inputs[idx], labels)
+        inputs, labels = self.inputs[idx], self.labels[idx].view(*idx.shape, -1)
+        losses = []
+        for runs, params in self.chunks:
+            drop = self._dropout(runs) if self.use_dropout else models.no_dropout
+            buffers = {k: b[runs] for k, b in self.buffers.items()}  # views: batch norm updates them in place
+            loss = self._loss_fn(params, buffers, inputs[runs], labels[runs], drop)
+            losses.append(loss.detach())
+            self.layout.flatten(list(torch.autograd.grad(loss.sum(), list(params.values()))), out=out[runs])
+        return losses[0] if len(losses) == 1 else torch.cat(losses)
 
-    def _grads(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss [R] and flat gradient [R, P] on train-set positions [R, b]."""
-        loss = self.loss(positions)
-        # Runs never mix, so the gradient of the sum is each run's own gradient.
-        grads = torch.autograd.grad(loss.sum(), list(self.params.values()))
-        return loss.detach(), self.layout.flatten(list(grads))
+    def _spare(self) -> torch.Tensor:
+        """A second gradient buffer, for gradient accumulation and the adaptive batch's two halves."""
+        if self.spare_grad is None or self.spare_grad.shape != self.flat.shape:
+            self.spare_grad = torch.empty_like(self.flat)
+        return self.spare_grad
 
     def train_step(self) -> None:
         t, cfg = self.cfg.train, self.cfg
@@ -290,19 +319,22 @@ class Pack:
             self.batch_size = t.batch_schedule.at(self.step)
         b, k = self.batch_size, t.accumulate
         positions = self.sampler.next(b * k)
+        grads = self.grad
         if self.noise is not None and b >= 2:
             # Adaptive batch: the two halves give the noise-scale measurement and, averaged, the gradient.
-            halves = [self._grads(positions[:, : b // 2]), self._grads(positions[:, b // 2 : 2 * (b // 2)])]
-            loss = (halves[0][0] + halves[1][0]) / 2
-            grads = (halves[0][1] + halves[1][1]) / 2
-            self.noise.update(halves[0][1], halves[1][1], 2 * (b // 2))
+            h, other = b // 2, self._spare()
+            loss = (self._grads(positions[:, :h], grads) + self._grads(positions[:, h : 2 * h], other)) / 2
+            self.noise.update(grads, other, 2 * h)
+            grads.add_(other).div_(2)
         else:
-            loss, grads = self._grads(positions[:, :b])
+            loss = self._grads(positions[:, :b], grads)
             for j in range(1, k):  # gradient accumulation: the mean of k micro-batch means
-                lj, gj = self._grads(positions[:, j * b : (j + 1) * b])
-                loss, grads = loss + lj, grads + gj
+                spare = self._spare()
+                loss = loss + self._grads(positions[:, j * b : (j + 1) * b], spare)
+                grads.add_(spare)
             if k > 1:
-                loss, grads = loss / k, grads / k
+                loss = loss / k
+                grads.div_(k)
         finite = torch.isfinite(loss) & torch.isfinite(grads.sum(1))
         self.diverged_at = torch.where(~finite & (self.diverged_at < 0), self.step, self.diverged_at)
         lr = optim.lr_at(self.hyper, self.step, cfg.optim.schedule, optim.batch_scale(cfg.optim, b * k))
@@ -329,7 +361,7 @@ class Pack:
             loss_sum = torch.zeros(self.size, device=self.device)
             correct = torch.zeros(self.size, device=self.device)
             for s in range(0, idx.shape[1], chunk):
-                logits, labels = self.forward(idx[:, s : s + chunk], train=False)
+                logits, labels = self.forward(idx[:, s : s + chunk])
                 loss_sum += per_example_loss(self.cfg.train.loss, logits, labels).sum(1)
                 correct += (logits.argmax(-1) == labels).all(-1).sum(1)
             out[f"{name}_loss"] = loss_sum / idx.shape[1]

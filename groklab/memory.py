@@ -15,6 +15,7 @@ from groklab.config import Config, ConfigError, TaskConfig
 
 FLOAT = 4
 SAFETY = 0.6  # share of free memory a pack may plan to use
+CPU_CHUNK_BYTES = 64 * 2**20  # activations per CPU training chunk (see train_chunk_runs)
 
 
 def task_shape(t: TaskConfig) -> tuple[int, int, int, int, int]:
@@ -30,27 +31,44 @@ def task_shape(t: TaskConfig) -> tuple[int, int, int, int, int]:
     return 1797, 64, 0, 10, 1
 
 
-def run_bytes(cfg: Config) -> int:
-    """Estimated bytes one run adds to a pack."""
+def _sizes(cfg: Config) -> tuple[int, int]:
+    """(parameters, activation floats kept per example) of one run."""
     n, t, v, c, n_out = task_shape(cfg.task)
     m = cfg.model
     d, h, layers = m.width, m.width * m.mlp_ratio, m.layers
     if m.kind == "transformer":
         params = v * d + t * d + layers * (4 * d * d + 2 * d * h + 10 * d + h) + d * c * n_out + c
-        act = t * layers * (10 * d + 2 * h + m.heads * t) + t * v
-    else:
-        inputs = t if cfg.task.name == "digits" else 2 * d
-        emb = 0 if cfg.task.name == "digits" else v * d
-        if m.kind == "mlp":
-            params = emb + inputs * d + (layers - 1) * d * d + d * c * n_out
-            act = layers * d * 4
-        else:
-            params = emb + inputs * d + layers * (2 * d * h + h + 4 * d) + d * c * n_out
-            act = layers * (3 * d + 2 * h)
-    state = 6 + (cfg.optim.grokfast.window if cfg.optim.grokfast and cfg.optim.grokfast.kind == "ma" else 0)
+        return params, t * layers * (10 * d + 2 * h + m.heads * t) + t * v
+    inputs = t if cfg.task.name == "digits" else 2 * d
+    emb = 0 if cfg.task.name == "digits" else v * d
+    if m.kind == "mlp":
+        return emb + inputs * d + (layers - 1) * d * d + d * c * n_out, layers * d * 4
+    return emb + inputs * d + layers * (2 * d * h + h + 4 * d) + d * c * n_out, layers * (3 * d + 2 * h)
+
+
+def activation_bytes(cfg: Config) -> int:
+    """Estimated bytes of activations (and their gradients) one run's training step holds."""
+    n = task_shape(cfg.task)[0]
     batch = cfg.train.batch_schedule.end if cfg.train.batch_schedule else cfg.train.batch_size
     batch = min(batch, n) if cfg.train.sampling == "without_replacement" else batch
-    return FLOAT * (params * state + 2 * act * batch) + 16 * n
+    return FLOAT * 2 * _sizes(cfg)[1] * batch
+
+
+def run_bytes(cfg: Config) -> int:
+    """Estimated bytes one run adds to a pack."""
+    state = 6 + (cfg.optim.grokfast.window if cfg.optim.grokfast and cfg.optim.grokfast.kind == "ma" else 0)
+    return FLOAT * _sizes(cfg)[0] * state + activation_bytes(cfg) + 16 * task_shape(cfg.task)[0]
+
+
+def train_chunk_runs(cfg: Config, device: torch.device) -> int:
+    """How many runs of a pack go through one training forward/backward together.
+
+    On a GPU, all of them (more parallel work is better). On the CPU, as many as keep the step's
+    activations within about CPU_CHUNK_BYTES, so they stay in cache: a pack of 64 runs at batch 512
+    is then 8 chunks of 8, not one tensor of 64 x 512 examples that streams through main memory."""
+    if device.type != "cpu":
+        return 1 << 30
+    return max(1, CPU_CHUNK_BYTES // activation_bytes(cfg))
 
 
 def free_bytes(device: torch.device) -> int:

@@ -61,7 +61,7 @@ class Hyper:
         cols = torch.tensor([row(c) for c in configs], dtype=torch.float32, device=device).T
         return cls(**dict(zip(_HYPER, cols)))
 
-    def select(self, keep: torch.Tensor) -> Hyper:
+    def select(self, keep: torch.Tensor | slice) -> Hyper:
         return Hyper(**{k: v[keep] for k, v in self.__dict__.items()})
 
 
@@ -128,10 +128,12 @@ class Layout:
     def size(self) -> int:
         return sum(math.prod(s) for s in self.shapes.values())
 
-    def flatten(self, tensors: dict[str, torch.Tensor] | list[torch.Tensor]) -> torch.Tensor:
-        """Stacked tensors [R, *shape] (a dict by name, or a list in layout order) -> one [R, P]."""
+    def flatten(self, tensors: dict[str, torch.Tensor] | list[torch.Tensor], out: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Stacked tensors [R, *shape] (a dict by name, or a list in layout order) -> one [R, P],
+        written into `out` when given."""
         vals = list(tensors.values()) if isinstance(tensors, dict) else tensors
-        return torch.cat([v.reshape(v.shape[0], -1) for v in vals], dim=1)
+        return torch.cat([v.reshape(v.shape[0], -1) for v in vals], dim=1, out=out)
 
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """{name: [R, *shape]} views sharing flat's storage: writing to flat updates them."""
@@ -162,7 +164,8 @@ class OptimState:
 
     TENSORS = ("exp_avg", "exp_avg_sq", "momentum_buffer", "init", "grokfast_ema", "grokfast_window")
 
-    def select(self, keep: torch.Tensor) -> OptimState:
+    def select(self, keep: torch.Tensor | slice) -> OptimState:
+        """The state of runs `keep`: copies for an index tensor, views for a slice."""
         kept = {k: None if getattr(self, k) is None else getattr(self, k)[keep] for k in self.TENSORS}
         return OptimState(step=self.step, grokfast_count=self.grokfast_count, **kept)
 
@@ -200,6 +203,11 @@ def grokfast(o: OptimConfig, g: torch.Tensor, state: OptimState, hp: Hyper) -> t
     return g + lamb * state.grokfast_window.mean(1) if state.grokfast_count >= gf.window else g
 
 
+# The update runs over blocks of runs of about this many elements, so its temporaries stay small:
+# on the CPU, tensors above 32 MiB come from fresh pages every step (glibc's mmap threshold).
+BLOCK_ELEMENTS = 1 << 21
+
+
 @torch.no_grad()
 def step(
     o: OptimConfig,
@@ -214,41 +222,54 @@ def step(
     fixed_norm: bool = False,
 ) -> None:
     """One in-place update of flat parameters p [R, P] with gradients g [R, P], for every run whose
-    `ok` [R] is True (None: every run). `o` holds the pack-wide choices (name, decay kind, filters); `hp` the per-run
-    numbers. `layout` names the parameter tensors (needed by orthograd); `decay_mask` [1, P] limits
-    decay to some columns (default all); `fixed_norm`: whether any run has a norm constraint."""
+    `ok` [R] is True (None: every run). `o` holds the pack-wide choices (name, decay kind, filters);
+    `hp` the per-run numbers. `layout` names the parameter tensors (needed by orthograd);
+    `decay_mask` [1, P] limits decay to some columns (default all); `fixed_norm`: whether any run
+    has a norm constraint."""
     state.step += 1
-    t = state.step
     if o.orthograd:
         if layout is None:
             raise ValueError("optim.orthograd needs the parameter layout")
         g = orthogonalize(p, g, layout)
     if o.grokfast is not None:
         g = grokfast(o, g, state, hp)
+    names = ("momentum_buffer",) if o.name == "sgd" else ("exp_avg", "exp_avg_sq")
+    for name in names:
+        if getattr(state, name) is None:
+            setattr(state, name, torch.zeros_like(p))
+    rows = max(1, BLOCK_ELEMENTS // max(p.shape[1], 1))
+    for s in range(0, p.shape[0], rows):
+        r = slice(s, s + rows)
+        _update(o, p[r], g[r], state.select(r), state.step, hp.select(r), lr[r], None if ok is None else ok[r],
+                decay_mask, fixed_norm)
+
+
+def _update(o: OptimConfig, p: torch.Tensor, g: torch.Tensor, state: OptimState, t: int, hp: Hyper,
+            lr: torch.Tensor, ok: torch.Tensor | None, decay_mask: torch.Tensor | None, fixed_norm: bool) -> None:
+    """The update of one block of runs; p and the state tensors are views, written in place."""
     lr_ = lr[:, None]
-
-    def kept(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:  # runs not ok keep their old values
-        return new if ok is None else torch.where(ok[:, None], new, old)
-
     wd = hp.weight_decay[:, None] if decay_mask is None else hp.weight_decay[:, None] * decay_mask
+
+    def write(dst: torch.Tensor, new: torch.Tensor) -> None:  # runs not ok keep their old values
+        dst.copy_(new if ok is None else torch.where(ok[:, None], new, dst))
+
     if o.decay == "coupled":
         g = g + wd * p
     if o.name == "sgd":
-        mom = hp.momentum[:, None]
-        old = state.momentum_buffer
-        buf = g.clone() if old is None else mom * old + g
-        state.momentum_buffer = buf if old is None else kept(buf, old)
-        update = lr_ * (g + mom * buf if o.nesterov else buf)
+        mom, buf = hp.momentum[:, None], state.momentum_buffer
+        new_buf = mom * buf + g  # the buffer starts at 0, so the first step gives g, as torch.optim.SGD
+        update = lr_ * (g + mom * new_buf if o.nesterov else new_buf)
+        write(buf, new_buf)
     else:
         b1, b2 = hp.beta1[:, None], hp.beta2[:, None]
-        m = torch.zeros_like(p) if state.exp_avg is None else state.exp_avg
-        v = torch.zeros_like(p) if state.exp_avg_sq is None else state.exp_avg_sq
+        m, v = state.exp_avg, state.exp_avg_sq
         # The same arithmetic as torch.optim.AdamW: lerp for m, v * b2 + (1 - b2) g g for v.
         m_new = torch.lerp(m, g, 1 - b1)
         v_new = torch.addcmul(v * b2, (1 - b2) * g, g)
         denom = v_new.sqrt().div_((1 - b2**t).sqrt()).add_(hp.eps[:, None])
         update = m_new.mul(lr_ / (1 - b1**t)).div_(denom)
-        state.exp_avg, state.exp_avg_sq = kept(m_new, m), kept(v_new, v)
+        write(m, m_new)
+        write(v, v_new)
     if o.decay == "decoupled":
         q = p.mul(1 - lr_ * wd)
     elif o.decay == "to_init":
@@ -263,4 +284,4 @@ def step(
         norm = q.pow(2).sum(1).sqrt()
         factor = torch.where(hp.fixed_norm > 0, hp.fixed_norm / norm.clamp(min=1e-30), torch.ones_like(norm))
         q.mul_(factor[:, None])
-    p.copy_(kept(q, p))
+    write(p, q)

@@ -3,7 +3,7 @@ import pytest
 
 import groklab
 from groklab.config import make_config
-from groklab.engine import train
+from groklab.engine import Pack, train
 from groklab.metrics import EVAL_METRICS, status
 
 
@@ -107,3 +107,18 @@ def test_other_ops_train(micro, op):
     micro["train"]["steps"] = 20
     (r,) = train([make_config(micro)])
     assert r.curves["train_loss"][-1] < r.curves["train_loss"][0]
+
+
+@pytest.mark.parametrize("model", [{"kind": "transformer", "layers": 1, "width": 32, "dropout": 0.1},
+                                   {"kind": "mlp", "layers": 2, "width": 32, "norm": "batch"}])
+def test_chunked_pack_equals_one_chunk(micro, monkeypatch, model):
+    """Training a big CPU pack in chunks of runs, and updating it in blocks of runs, changes nothing:
+    dropout masks, batch-norm statistics and optimizer state stay each run's own."""
+    micro["model"] = model
+    configs = _three(micro)
+    whole = {r.run_id: r for r in train(configs)}
+    monkeypatch.setattr("groklab.memory.CPU_CHUNK_BYTES", 1)  # one run per forward/backward
+    monkeypatch.setattr("groklab.optim.BLOCK_ELEMENTS", 1)  # one run per optimizer block
+    assert len(Pack(configs).chunks) == 3
+    for r in train(configs):
+        _assert_same_curves(r, whole[r.run_id], 0.0)

@@ -75,15 +75,24 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path, spec_file, baseline):
     assert dump(db) == baseline  # every metric row identical, none missing, none duplicated
 
 
+def interrupt_after_first_checkpoint(spec_file, db):
+    """Start a sweep, send SIGINT as soon as its first pack checkpoint exists (training is under way);
+    return (returncode, stderr)."""
+    p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3"])
+    deadline = time.monotonic() + 120
+    while not list(db.parent.glob(f"{db.name}.ckpt/*.pt")):
+        assert p.poll() is None, "the sweep ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    return p.returncode, err
+
+
 def test_sigint_checkpoints_and_says_how_to_resume(tmp_path, spec_file, baseline):
     db = tmp_path / "i.db"
-    p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3"])
-    time.sleep(4.5)
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
-    if p.returncode == 0:
-        pytest.skip("the sweep finished before the signal arrived")
-    assert p.returncode == 130
+    code, err = interrupt_after_first_checkpoint(spec_file, db)
+    assert code == 130, err
     assert "checkpoint saved" in err and "re-run the same command" in err
     assert list((tmp_path / "i.db.ckpt").glob("*.pt"))
     assert main(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "-q"]) == 0
@@ -92,13 +101,9 @@ def test_sigint_checkpoints_and_says_how_to_resume(tmp_path, spec_file, baseline
 
 def test_corrupt_checkpoint_falls_back_with_a_warning(tmp_path, spec_file, baseline):
     db = tmp_path / "c.db"
-    p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "-q"])
-    time.sleep(4.5)
-    p.send_signal(signal.SIGINT)
-    p.communicate(timeout=120)
+    assert interrupt_after_first_checkpoint(spec_file, db)[0] == 130
     ckpts = list((tmp_path / "c.db.ckpt").glob("*.pt"))
-    if not ckpts:
-        pytest.skip("the sweep finished before the signal arrived")
+    assert ckpts
     for c in ckpts:
         data = c.read_bytes()
         c.write_bytes(data[: len(data) // 2])  # truncated
@@ -229,3 +234,12 @@ def test_hostile_stores_exit_2_and_are_left_untouched(tmp_path, capsys):
             assert main([*args, "--store", str(path)]) == 2, (path, args)
             assert message in capsys.readouterr().err
         assert path.read_bytes() == before
+
+
+def test_checkpoint_of_another_format_version_is_skipped_with_a_warning(tmp_path):
+    from groklab import checkpoint
+
+    path = tmp_path / "old.pt"
+    path.write_bytes(b"GROKLAB-CKPT-1\n" + b"0" * 64 + b"\npayload")
+    with pytest.warns(UserWarning, match="another groklab version"):
+        assert checkpoint.load(path) is None
