@@ -247,16 +247,28 @@ class Pack:
         return len(self.configs)
 
     def set_flat(self, flat: torch.Tensor) -> None:
-        """Install flat parameters [R, P]. The named parameters are autograd leaves that are views of
-        it, so the optimizer's in-place update of the flat tensor is what the model sees next step:
-        `self.params` for the whole pack, `self.chunks` [(runs, params)] per training chunk."""
+        """Install flat parameters [R, P] (float32, what the optimizer updates).
+
+        The model reads named parameters that are autograd leaves viewing a flat tensor, so the
+        optimizer's in-place update is what the model sees next step: `self.params` view `flat`;
+        `self.compute_params` (whole pack) and `self.chunks` [(runs, params)] (per training chunk)
+        view `flat` in fp32, or with `train.precision: bf16` a bfloat16 copy refreshed before every
+        forward (one cast per step, not one per matmul)."""
         self.flat = flat
         self.grad = torch.empty_like(flat)
         self.params = self._leaves(flat)
+        bf16 = self.cfg.train.precision == "bf16"
+        self.flat_compute = flat.to(torch.bfloat16) if bf16 else flat
+        self.compute_params = self._leaves(self.flat_compute) if bf16 else self.params
         r, c = flat.shape[0], self.chunk_runs
-        self.chunks = [(slice(None), self.params)] if c >= r else [
-            (slice(s, s + c), self._leaves(flat[s : s + c])) for s in range(0, r, c)
+        self.chunks = [(slice(None), self.compute_params)] if c >= r else [
+            (slice(s, s + c), self._leaves(self.flat_compute[s : s + c])) for s in range(0, r, c)
         ]
+
+    @torch.no_grad()
+    def _refresh_compute(self) -> None:
+        if self.flat_compute is not self.flat:
+            self.flat_compute.copy_(self.flat)
 
     def _leaves(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: v.requires_grad_() for k, v in self.layout.views(flat).items()}
@@ -267,22 +279,22 @@ class Pack:
 
         def drop(x: torch.Tensor) -> torch.Tensor:
             u = torch.stack([torch.rand(x.shape[1:], generator=g) for g in gens]).to(x.device)
-            q = p.view(-1, *([1] * (x.dim() - 1)))
+            q = p.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
             return x * (u >= q) / (1 - q)
 
         return drop
 
     def _logits(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, buffers: dict[str, torch.Tensor],
                 drop: models.Dropout = models.no_dropout, train: bool = False) -> torch.Tensor:
-        """Logits [R, B, L, C] in float32. With `train.precision: bf16` the matmuls run in bfloat16
-        (autocast); parameters, optimizer state, softmax and loss stay in float32."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
-            logits = models.forward(params, inputs, self.cfg.model, self.task, drop, buffers, train)
-        return logits.float()
+        """Logits [R, B, L, C] in float32, computed in the dtype of `params`: with `train.precision:
+        bf16` the forward and backward run in bfloat16, while the master parameters, optimizer state,
+        softmax and loss stay in float32."""
+        return models.forward(params, inputs, self.cfg.model, self.task, drop, buffers, train).float()
 
     def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Evaluation logits [R, B, L, C] and labels [R, B, L] for dataset indices idx [R, B]."""
-        return self._logits(self.params, self.inputs[idx], self.buffers), self.labels[idx].view(*idx.shape, -1)
+        logits = self._logits(self.compute_params, self.inputs[idx], self.buffers)
+        return logits, self.labels[idx].view(*idx.shape, -1)
 
     def _train_loss(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], inputs: torch.Tensor,
                     labels: torch.Tensor, drop: models.Dropout) -> torch.Tensor:
@@ -319,6 +331,7 @@ class Pack:
             self.batch_size = t.batch_schedule.at(self.step)
         b, k = self.batch_size, t.accumulate
         positions = self.sampler.next(b * k)
+        self._refresh_compute()
         grads = self.grad
         if self.noise is not None and b >= 2:
             # Adaptive batch: the two halves give the noise-scale measurement and, averaged, the gradient.
@@ -356,6 +369,7 @@ class Pack:
     def evaluate(self) -> dict[str, torch.Tensor]:
         """Loss and accuracy on each run's full train and val sets, parameter norm, current lr."""
         out: dict[str, torch.Tensor] = {}
+        self._refresh_compute()
         chunk = max(1, EVAL_ROWS // self.size)
         for name, idx in (("train", self.train_idx), ("val", self.val_idx)):
             loss_sum = torch.zeros(self.size, device=self.device)

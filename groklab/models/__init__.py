@@ -27,9 +27,9 @@ def no_dropout(x: torch.Tensor) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """x [R, ..., Din] @ w [R, Din, Dout] + b [R, Dout], batched over runs."""
+    """x [R, ..., Din] @ w [R, Din, Dout] + b [R, Dout], batched over runs, in w's dtype."""
     shape = x.shape
-    x2 = x.reshape(shape[0], -1, shape[-1])
+    x2 = x.reshape(shape[0], -1, shape[-1]).to(w.dtype)
     y = torch.bmm(x2, w) if b is None else torch.baddbmm(b.unsqueeze(1), x2, w)
     return y.reshape(*shape[:-1], w.shape[-1])
 
@@ -82,10 +82,10 @@ def batch_norm(
         with torch.no_grad():
             n = x.shape[1]
             unbiased = var.squeeze(1) * (n / max(n - 1, 1))
-            buffers[mean_k].lerp_(mean.squeeze(1), momentum)
-            buffers[var_k].lerp_(unbiased, momentum)
+            buffers[mean_k].lerp_(mean.squeeze(1).float(), momentum)
+            buffers[var_k].lerp_(unbiased.float(), momentum)
     else:
-        mean, var = buffers[mean_k].unsqueeze(1), buffers[var_k].unsqueeze(1)
+        mean, var = buffers[mean_k].unsqueeze(1).to(x.dtype), buffers[var_k].unsqueeze(1).to(x.dtype)
     return (x - mean) / torch.sqrt(var + eps) * g.unsqueeze(1) + b.unsqueeze(1)
 
 

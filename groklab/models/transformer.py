@@ -48,15 +48,25 @@ def init(cfg: ModelConfig, task: Task, g: torch.Generator) -> tuple[Params, set[
 def attention(p: Params, i: int, x: torch.Tensor, heads: int, last: int = 0) -> torch.Tensor:
     """Causal self-attention; with `last` > 0, queries only from the last `last` positions."""
     r, b, t, d = x.shape
-    qkv = linear(x, p[f"{i}.qkv.w"], p[f"{i}.qkv.b"])  # [R, B, T, 3D]
-    q, k, v = qkv.view(r * b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x [RB, H, T, dh]
-    mask = None
-    if last:  # the last `last` queries only; each attends to every position up to its own
-        q = q[:, :, -last:]
-        if last > 1:
-            mask = torch.ones(last, t, dtype=torch.bool, device=x.device).tril(t - last)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not last)
-    t = last or t
+    w, bias = p[f"{i}.qkv.w"], p[f"{i}.qkv.b"]
+    if last:  # queries only from the last `last` positions; each attends to every position up to its own
+        q = linear(x[:, :, -last:], w[..., :d], bias[:, :d]).view(r * b, last, heads, d // heads).transpose(1, 2)
+        kv = linear(x, w[..., d:], bias[:, d:])  # [R, B, T, 2D]
+        k, v = kv.view(r * b, t, 2, heads, d // heads).permute(2, 0, 3, 1, 4)  # 2 x [RB, H, T, dh]
+    else:
+        qkv = linear(x, w, bias)  # [R, B, T, 3D]
+        q, k, v = qkv.view(r * b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x [RB, H, T, dh]
+    n = last or t
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        # PyTorch's CPU flash-attention kernel is 3-9x slower than plain matmuls in bfloat16 at these
+        # sequence lengths (4-17; bench/README.md), so compute it directly, softmax in float32.
+        mask = torch.ones(n, t, dtype=torch.bool, device=x.device).tril(t - n)
+        s = (q @ k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)
+        y = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1).to(v.dtype) @ v
+    else:
+        mask = torch.ones(n, t, dtype=torch.bool, device=x.device).tril(t - n) if last > 1 else None
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not last)
+    t = n
     y = y.transpose(1, 2).reshape(r, b, t, d)
     return linear(y, p[f"{i}.out.w"], p[f"{i}.out.b"])
 
