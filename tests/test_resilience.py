@@ -57,18 +57,33 @@ def spec_file(tmp_path):
     return p
 
 
+def newest_checkpoint(db):
+    """mtime of the newest checkpoint file of `db` (0 if none); files may be renamed under our feet."""
+    times = [0.0]
+    for c in db.parent.glob(f"{db.name}.ckpt/*.pt"):
+        try:
+            times.append(c.stat().st_mtime)
+        except FileNotFoundError:
+            pass
+    return max(times)
+
+
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, spec_file, baseline):
     db = tmp_path / "k.db"
     rng = random.Random(0)
     kills = 0
     for _ in range(3):
+        started = time.time()
         p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "-q"])
-        time.sleep(rng.uniform(3.0, 6.0))  # import + part of the training
+        # wait until this process has written a checkpoint (it is training), then kill at a random moment
+        while p.poll() is None and newest_checkpoint(db) < started:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
         p.wait()
-    assert kills >= 1
+    assert kills >= 2
     p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "--resume", "-q"])
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
