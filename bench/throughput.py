@@ -74,9 +74,12 @@ def time_plain(cfg: Config, min_seconds: float) -> float:
     return timed(PlainRun(cfg).train_step, min_seconds)
 
 
-def time_pack(cfg: Config, runs: int, min_seconds: float, precision: str) -> float:
-    configs = [make_config(cfg, {"train.seed": s, "train.precision": precision}) for s in range(runs)]
-    return runs * timed(Pack(configs).train_step, min_seconds)
+def time_pack(cfg: Config, runs: int, min_seconds: float, precision: str, compile: bool = False) -> float:
+    over = {"train.precision": precision, "train.compile": compile}
+    pack = Pack([make_config(cfg, {"train.seed": s, **over}) for s in range(runs)])
+    if compile:
+        pack.train_step()  # compilation, outside the timing
+    return runs * timed(pack.train_step, min_seconds)
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=1.0, help="minimum timed seconds per measurement")
@@ -84,6 +87,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--configs", nargs="+", default=["a1", "a2", "b", "c"], help="which configurations to run")
     ap.add_argument("--quick", action="store_true", help="pack sizes 1 and 8, one round of 0.3 s")
+    ap.add_argument("--compile", action="store_true", help="also time fp32 with train.compile (compiles each pack)")
     args = ap.parse_args()
     sizes, seconds, rounds = ([1, 8], 0.3, 1) if args.quick else (args.sizes, args.seconds, args.rounds)
     p32, p16 = peak(torch.float32), peak(torch.bfloat16)
@@ -91,18 +95,20 @@ def main() -> None:
           f"bf16 {p16 / 1e9:.0f} GFLOP/s ({p16 / p32:.1f}x); median of {rounds} alternating rounds, >= {seconds} s each")
     head = (f"{'config':<36} {'R':>3} {'plain rs/s':>10} {'fp32 rs/s':>10} {'x plain':>8} {'bf16 rs/s':>10} "
             f"{'x plain':>8} {'fp32 %peak':>10} {'bf16 %peak':>10}")
-    print(head)
+    print(head + (f" {'compiled rs/s':>10} {'x plain':>8}" if args.compile else ""))
     for name, raw in CONFIGS.items():
         if name.split(")")[0] not in args.configs:
             continue
         cfg = make_config(raw)
         f = flops_per_run_step(cfg)
         for r in sizes:
-            rows = [(time_plain(cfg, seconds), time_pack(cfg, r, seconds, "fp32"), time_pack(cfg, r, seconds, "bf16"))
+            rows = [(time_plain(cfg, seconds), time_pack(cfg, r, seconds, "fp32"), time_pack(cfg, r, seconds, "bf16"),
+                     time_pack(cfg, r, seconds, "fp32", compile=True) if args.compile else float("nan"))
                     for _ in range(rounds)]
-            plain, fp32, bf16 = (statistics.median(col) for col in zip(*rows))
+            plain, fp32, bf16, comp = (statistics.median(col) for col in zip(*rows))
+            extra = f" {comp:10.1f} {comp / plain:7.2f}x" if args.compile else ""
             print(f"{name:<36} {r:>3} {plain:10.1f} {fp32:10.1f} {fp32 / plain:7.2f}x {bf16:10.1f} {bf16 / plain:7.2f}x "
-                  f"{100 * fp32 * f / p32:9.1f}% {100 * bf16 * f / p16:9.1f}%", flush=True)
+                  f"{100 * fp32 * f / p32:9.1f}% {100 * bf16 * f / p16:9.1f}%{extra}", flush=True)
 
 
 if __name__ == "__main__":

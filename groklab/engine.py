@@ -230,9 +230,9 @@ class Pack:
         self.batch_size = sched.start if sched is not None else cfg.train.batch_size
         self.noise = NoiseScale(sched.ema) if sched is not None and sched.kind == "adaptive" else None
         self.start_time = time.perf_counter()
-        self._loss_fn = self._train_loss
-        if cfg.train.compile:
-            self._loss_fn = _compiled(self._train_loss)
+        # train.compile compiles the loss of a flat parameter chunk: one input tensor, whose views
+        # are taken inside the compiled graph (views as separate inputs cost more than they save).
+        self._flat_loss = _compiled(self._train_loss_flat) if cfg.train.compile else None
 
         # Host-side bookkeeping per run, compacted together with the tensors above.
         self.end_step = [c.train.steps for c in configs]
@@ -298,9 +298,12 @@ class Pack:
 
     def _train_loss(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], inputs: torch.Tensor,
                     labels: torch.Tensor, drop: models.Dropout) -> torch.Tensor:
-        """Mean training loss per run [R]: the function `train.compile` compiles."""
+        """Mean training loss per run [R]."""
         logits = self._logits(params, inputs, buffers, drop, train=True)
         return per_example_loss(self.cfg.train.loss, logits, labels).mean(1)
+
+    def _train_loss_flat(self, flat: torch.Tensor, *args: Any) -> torch.Tensor:
+        return self._train_loss(self.layout.views(flat), *args)
 
     def _grads(self, positions: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Loss [R] on train-set positions [R, b]; writes the flat gradient [R, P] into `out`.
@@ -314,9 +317,14 @@ class Pack:
         for runs, params in self.chunks:
             drop = self._dropout(runs) if self.use_dropout else models.no_dropout
             buffers = {k: b[runs] for k, b in self.buffers.items()}  # views: batch norm updates them in place
-            loss = self._loss_fn(params, buffers, inputs[runs], labels[runs], drop)
+            if self._flat_loss is None:
+                loss = self._train_loss(params, buffers, inputs[runs], labels[runs], drop)
+                self.layout.flatten(list(torch.autograd.grad(loss.sum(), list(params.values()))), out=out[runs])
+            else:
+                flat = self.flat_compute[runs].detach().requires_grad_()
+                loss = self._flat_loss(flat, buffers, inputs[runs], labels[runs], drop)
+                out[runs].copy_(torch.autograd.grad(loss.sum(), flat)[0])
             losses.append(loss.detach())
-            self.layout.flatten(list(torch.autograd.grad(loss.sum(), list(params.values()))), out=out[runs])
         return losses[0] if len(losses) == 1 else torch.cat(losses)
 
     def _spare(self) -> torch.Tensor:
