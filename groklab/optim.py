@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -116,15 +117,16 @@ class Layout:
         """The layout of stacked parameters {name: [R, *shape]}."""
         return cls({k: tuple(v.shape[1:]) for k, v in params.items()})
 
-    @property
+    @cached_property
     def spans(self) -> dict[str, tuple[int, int]]:
+        """{name: (first column, end column)} in the flat vector."""
         out, at = {}, 0
         for k, s in self.shapes.items():
             out[k] = (at, at + math.prod(s))
             at += math.prod(s)
         return out
 
-    @property
+    @cached_property
     def size(self) -> int:
         return sum(math.prod(s) for s in self.shapes.values())
 
@@ -238,6 +240,9 @@ def step(
         if getattr(state, name) is None:
             setattr(state, name, torch.zeros_like(p))
     rows = max(1, BLOCK_ELEMENTS // max(p.shape[1], 1))
+    if rows >= p.shape[0]:  # one block: no views to take
+        _update(o, p, g, state, state.step, hp, lr, ok, decay_mask, fixed_norm)
+        return
     for s in range(0, p.shape[0], rows):
         r = slice(s, s + rows)
         _update(o, p[r], g[r], state.select(r), state.step, hp.select(r), lr[r], None if ok is None else ok[r],
