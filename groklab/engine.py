@@ -30,9 +30,20 @@ Weights = dict[str, dict[str, torch.Tensor]]  # {"params": {...}, "buffers": {..
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of `train.device`; a device this machine lacks is bad input (ConfigError)."""
     if name == "auto":  # the current CUDA device (a worker process sets its own), else the CPU
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"train.device: {name!r}, but this machine has no CUDA device; allowed here: auto, cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"train.device: {name!r}, but this machine has {n} CUDA device(s); "
+                              f"allowed: auto, cpu, cuda, cuda:0..cuda:{n - 1}")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"train.device: {name!r}, but MPS is not available on this machine; allowed here: auto, cpu")
+    return dev
 
 
 def run_generator(seed: int, stream: int) -> torch.Generator:

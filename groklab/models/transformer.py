@@ -34,10 +34,12 @@ def init(cfg: ModelConfig, task: Task, g: torch.Generator) -> tuple[Params, set[
         p[f"{i}.qkv.b"] = torch.zeros(3 * d)
         p[f"{i}.out.w"] = linear_init(d, d, g, bias=False)[0]
         p[f"{i}.out.b"] = torch.zeros(d)
-        p[f"{i}.ln1.g"], p[f"{i}.ln1.b"] = torch.ones(d), torch.zeros(d)
+        if cfg.norm != "none":  # a model creates exactly the parameters its forward pass reads
+            p[f"{i}.ln1.g"], p[f"{i}.ln1.b"] = torch.ones(d), torch.zeros(d)
         p[f"{i}.fc1.w"], p[f"{i}.fc1.b"] = linear_init(d, h, g)
         p[f"{i}.fc2.w"], p[f"{i}.fc2.b"] = linear_init(h, d, g)
-        p[f"{i}.ln2.g"], p[f"{i}.ln2.b"] = torch.ones(d), torch.zeros(d)
+        if cfg.norm != "none":
+            p[f"{i}.ln2.g"], p[f"{i}.ln2.b"] = torch.ones(d), torch.zeros(d)
     if cfg.norm != "none":
         p["ln_f.g"], p["ln_f.b"] = torch.ones(d), torch.zeros(d)
     p["unembed.w"], p["unembed.b"] = linear_init(d, task.n_classes, g)
