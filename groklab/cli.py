@@ -29,6 +29,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     path, overrides = _split_config(a.args)
     cfg = make_config(path, overrides)  # validate before the store is touched
+    _threads(a)
     summary = run(cfg, store=None if a.no_store else a.store, force=a.force, progress=not a.quiet)
     if a.json:
         print(json.dumps(summary))
@@ -40,6 +41,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_sweep(a: argparse.Namespace) -> int:
     from groklab.sweep import sweep
 
+    _threads(a)
     options = {}
     if a.backend == "ray":
         options = {"address": a.ray_address, "gpus_per_pack": a.gpus_per_pack, "cpus_per_pack": a.cpus_per_pack}
@@ -60,10 +62,22 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(a: argparse.Namespace) -> int:
+    from groklab import reference
+
+    print(reference.markdown() if a.markdown else reference.text(), end="")
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from groklab.analysis.report import report
     from groklab.store import open_store
 
+    out = Path(a.output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o/--output: {str(out)!r} is an existing file; name a folder (new or existing)")
     with open_store(a.store) as st:
         out = report(st, sweep=a.sweep, out=a.output)
     print(f"report written to {out}/index.html")
@@ -107,6 +121,15 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _threads(a: argparse.Namespace) -> None:
+    from groklab import threads
+
+    n = threads.configure(a.threads)
+    if not a.quiet and a.threads is None and n < threads.available_cores():
+        print(f"groklab: {threads.available_cores() - n} of {threads.available_cores()} cores are busy with other "
+              f"work: training on {n} thread(s) (set --threads or ${threads.ENV} to choose)", file=sys.stderr)
+
+
 def _print_summary(s: dict) -> None:
     f = s["final"]
     print(
@@ -128,6 +151,11 @@ def parser() -> argparse.ArgumentParser:
     def store_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--store", default=DEFAULT_PATH, help=f"SQLite store (default: ./{DEFAULT_PATH})")
 
+    def threads_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for training (default: $GROKLAB_THREADS, else the cores not busy with "
+                             "other work)")
+
     r = sub.add_parser("run", help="train one run", epilog=EPILOG,
                        description="Train one run from CONFIG.yaml (optional) plus key=value overrides.")
     r.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
@@ -136,6 +164,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="train again even if the run is already stored")
     r.add_argument("--no-store", action="store_true", help="keep nothing on disk")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    threads_arg(r)
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("sweep", help="run a grid of runs x seeds", epilog=EPILOG,
@@ -158,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
                    help="max runs trained together in one pack (default 64; 1 = one at a time)")
     s.add_argument("--json", action="store_true", help="print one JSON summary per run on stdout")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    threads_arg(s)
     s.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="figures and tables for a sweep or the whole store")
@@ -186,6 +216,11 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--tensorboard", default=None, metavar="DIR",
                     help="also write TensorBoard event files, one folder per run (needs tensorboardX)")
     ex.set_defaults(func=cmd_export)
+
+    cf = sub.add_parser("config", help="print the config reference: every key, its type, default, allowed values, "
+                        "meaning")
+    cf.add_argument("--markdown", action="store_true", help="as the Markdown tables of the README")
+    cf.set_defaults(func=cmd_config)
     return p
 
 
@@ -195,8 +230,22 @@ def _version() -> str:
     return f"groklab {__version__}"
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; a command's positionals (config, overrides) and flags mix in any order.
+
+    argparse cannot intermix arguments across sub-commands, so the command's own parser parses the rest."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    subs = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if argv and argv[0] in subs:
+        a = subs[argv[0]].parse_intermixed_args(argv[1:])
+        a.command = argv[0]
+        return a
+    return p.parse_args(argv)  # --help, --version, or an unknown command: argparse says what to do
+
+
 def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+    a = parse_args(argv)
     try:
         return a.func(a)
     except (ConfigError, StoreError) as e:

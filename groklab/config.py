@@ -46,21 +46,44 @@ class ConfigError(ValueError):
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    # key -> (condition under which the key applies, the condition in words). A key that does not apply
+    # to the chosen task / model / optimizer is refused when set to anything but its default: it would
+    # change nothing but the run id.
+    def _refuse_inapplicable(self, prefix: str, rules: dict[str, tuple[bool, str]]) -> None:
+        for key, (applies, where) in rules.items():
+            default = type(self).model_fields[key].default
+            if not applies and key in self.model_fields_set and getattr(self, key) != default:
+                raise ValueError(f"{prefix}.{key}: applies only {where}; remove it (here it would change "
+                                 f"nothing but the run id)")
+
 
 def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
 
 class TaskConfig(_Strict):
-    name: Literal["modular", "s5", "parity", "sequence", "digits"] = "modular"
-    op: str | None = None
-    modulus: int = Field(97, ge=2, le=2000)
-    train_frac: float = 0.5
-    train_size: int | None = Field(None, ge=1)
-    bits: int = Field(10, ge=2, le=16)
-    k: int = Field(3, ge=1)
-    symbols: int = Field(5, ge=2, le=16)
-    length: int = Field(5, ge=2, le=8)
+    """What is learned: a generated table of examples and the run's train/val split."""
+
+    name: Literal["modular", "s5", "parity", "sequence", "digits"] = Field(
+        "modular", description="modular: binary operations mod a prime, `[x, op, y, =]` -> x∘y mod p (Power et al., "
+        "2022); s5: composition in the permutation group S5 (120 elements, 14,400 pairs); parity: all 2^bits bit "
+        "strings, label = parity of the first k bits (sparse parity); sequence: every sequence of `length` symbols, "
+        "input `[a1..aL, =, q1..qL]`, the L answers read at the query positions, correct only if all L are; digits: "
+        "scikit-learn's bundled 8×8 digits (1,797 images, 10 classes, no download; needs `groklab[digits]`), "
+        "mlp / resmlp only")
+    op: str | None = Field(
+        None, description="the operation. modular: " + " ".join(f"`{o}`" for o in MODULAR_OPS) + " (`x/y` skips "
+        "y = 0); s5: " + " ".join(f"`{o}`" for o in S5_OPS) + "; sequence: `sort` `reverse` `copy`. Default "
+        "`x+y` / `x*y` / `sort`")
+    modulus: int = Field(97, ge=2, le=2000, description="the prime p of a `modular` task")
+    train_frac: float = Field(0.5, description="fraction of the examples in the train set, in (0, 1); the split "
+                              "is drawn from the run's seed")
+    train_size: int | None = Field(None, ge=1, description="train-set size as a count (replaces `train_frac`), "
+                                   "e.g. 1000 digits for Omnigrok")
+    bits: int = Field(10, ge=2, le=16, description="`parity`: number of bits")
+    k: int = Field(3, ge=1, description="`parity`: the label is the parity of the first k bits (k ≤ bits)")
+    symbols: int = Field(5, ge=2, le=16, description="`sequence`: alphabet size")
+    length: int = Field(5, ge=2, le=8, description="`sequence`: sequence length (symbols^length ≤ 200,000)")
 
     @field_validator("modulus")
     @classmethod
@@ -86,26 +109,53 @@ class TaskConfig(_Strict):
                 f"task.op: {self.op!r} is not an operation of task {self.name!r}; "
                 f"allowed: {', '.join(allowed)}"
             )
+        self._refuse_inapplicable("task", {
+            "modulus": (self.name == "modular", "to task.name=modular"),
+            "bits": (self.name == "parity", "to task.name=parity"),
+            "k": (self.name == "parity", "to task.name=parity"),
+            "symbols": (self.name == "sequence", "to task.name=sequence"),
+            "length": (self.name == "sequence", "to task.name=sequence"),
+            "train_frac": (self.train_size is None, "without task.train_size (which replaces it)"),
+        })
         if self.name == "parity" and self.k > self.bits:
             raise ValueError(f"task.k ({self.k}) must be <= task.bits ({self.bits})")
         if self.name == "sequence" and self.symbols**self.length > 200_000:
             raise ValueError("task.symbols ** task.length must be <= 200000 (the task holds every sequence)")
         return self
 
+    @property
+    def n_examples(self) -> int:
+        """Examples in the whole task, computed without building it."""
+        if self.name == "modular":
+            return self.modulus * (self.modulus - 1 if self.op == "x/y" else self.modulus)
+        return {"s5": 14_400, "parity": 2**self.bits, "sequence": self.symbols**self.length, "digits": 1797}[self.name]
+
 
 NORMS = {"transformer": ("post", "pre", "none"), "mlp": ("none", "batch", "layer"), "resmlp": ("none", "batch", "layer")}
+FEATURE_TASKS = ("digits",)
 
 
 class ModelConfig(_Strict):
-    kind: Literal["transformer", "mlp", "resmlp"] = "transformer"
-    layers: int = Field(2, ge=1, le=64)
-    width: int = Field(128, ge=1, le=65536)
-    heads: int = Field(4, ge=1)
-    mlp_ratio: int = Field(4, ge=1)
-    norm: Literal["pre", "post", "none", "batch", "layer"] | None = None
-    activation: Literal["relu", "gelu", "quadratic"] | None = None
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    init_scale: float = Field(1.0, gt=0.0)
+    """The network; every parameter carries a leading run axis inside a pack."""
+
+    kind: Literal["transformer", "mlp", "resmlp"] = Field(
+        "transformer", description="transformer: decoder-only, reads the answer at `=` (token tasks only); mlp: "
+        "MLP on the concatenated operand embeddings (or the features); resmlp: residual MLP, pre-norm blocks "
+        "h + W2·act(W1·norm(h))")
+    layers: int = Field(2, ge=1, le=64, description="transformer blocks, MLP hidden layers, or residual blocks")
+    width: int = Field(128, ge=1, le=65536, description="model width (divisible by `heads` for the transformer)")
+    heads: int = Field(4, ge=1, description="attention heads (transformer)")
+    mlp_ratio: int = Field(4, ge=1, description="hidden width of the transformer / resmlp blocks = mlp_ratio × width")
+    norm: Literal["pre", "post", "none", "batch", "layer"] | None = Field(
+        None, description="normalisation. transformer: `post` (default), `pre`, `none` (no layer-norm parameters at "
+        "all); mlp / resmlp: `none` (default), `layer`, `batch` (per-run running statistics: batch statistics in "
+        "training, running ones in evaluation, as nn.BatchNorm1d)")
+    activation: Literal["relu", "gelu", "quadratic"] | None = Field(
+        None, description="default `gelu` (transformer), `relu` (MLPs); `quadratic` is x²")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="residual / hidden dropout; masks drawn from the run's "
+                           "own generator; per run inside a pack")
+    init_scale: float = Field(1.0, gt=0.0, description="multiplies every weight matrix and embedding at init "
+                              "(Omnigrok's α); per run")
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
@@ -116,6 +166,10 @@ class ModelConfig(_Strict):
         if self.norm not in NORMS[self.kind]:
             raise ValueError(f"model.norm: {self.norm!r} is not available for model.kind={self.kind}; "
                              f"allowed: {', '.join(NORMS[self.kind])}")
+        self._refuse_inapplicable("model", {
+            "heads": (self.kind == "transformer", "to model.kind=transformer"),
+            "mlp_ratio": (self.kind in ("transformer", "resmlp"), "to model.kind=transformer or resmlp"),
+        })
         if self.kind == "transformer" and self.width % self.heads:
             raise ValueError(
                 f"model.width ({self.width}) must be divisible by model.heads ({self.heads})"
@@ -126,36 +180,61 @@ class ModelConfig(_Strict):
 class GrokfastConfig(_Strict):
     """Grokfast gradient filter (Lee et al., 2024): g <- g + lamb * slow(g)."""
 
-    kind: Literal["ema", "ma"]
-    alpha: float = Field(0.98, ge=0.0, lt=1.0)  # ema
-    window: int = Field(100, ge=1, le=10_000)  # ma
-    lamb: float = Field(2.0, ge=0.0)
+    kind: Literal["ema", "ma"] = Field(description="ema: slow = exponential moving average of the gradients; ma: "
+                                       "mean of the last `window` gradients (applied once the window is full)")
+    alpha: float = Field(0.98, ge=0.0, lt=1.0, description="EMA factor (kind ema); per run")
+    window: int = Field(100, ge=1, le=10_000, description="window length (kind ma)")
+    lamb: float = Field(2.0, ge=0.0, description="amplification λ of the slow gradient; per run")
+
+    @model_validator(mode="after")
+    def _applies(self) -> GrokfastConfig:
+        self._refuse_inapplicable("optim.grokfast", {
+            "alpha": (self.kind == "ema", "to kind ema"), "window": (self.kind == "ma", "to kind ma")})
+        return self
 
 
 SCHEDULE_GAMMA = {"exponential": 0.9995, "step": 0.5}
 
 
 class OptimConfig(_Strict):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(1.0e-3, gt=0.0)
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = Field(1.0e-8, gt=0.0)
-    weight_decay: float = Field(1.0, ge=0.0)
-    decay: Literal["decoupled", "coupled", "l1", "to_init"] | None = None
-    decay_on: Literal["all", "matrices"] = "all"
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    nesterov: bool = False
-    warmup_steps: int = Field(10, ge=0)
-    schedule: Literal["constant", "cosine", "exponential", "cyclic", "step"] = "constant"
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
-    gamma: float | None = Field(None, gt=0.0, le=1.0)
-    step_size: int = Field(1000, ge=1)
-    cycle_steps: int = Field(1000, ge=2)
-    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
-    base_batch_size: int = Field(512, ge=1)
-    fixed_norm: float | None = Field(None, gt=0.0)
-    grokfast: GrokfastConfig | None = None
-    orthograd: bool = False
+    """The update rule, weight decay and its variants, gradient filters and the learning-rate schedule."""
+
+    name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="the update rule, as torch.optim "
+                                                  "(SGD with `momentum`, `nesterov`)")
+    lr: float = Field(1.0e-3, gt=0.0, description="learning rate; per run")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="Adam(W) betas; per run")
+    eps: float = Field(1.0e-8, gt=0.0, description="Adam(W) epsilon; per run")
+    weight_decay: float = Field(1.0, ge=0.0, description="decay strength λ; per run")
+    decay: Literal["decoupled", "coupled", "l1", "to_init"] | None = Field(
+        None, description="decoupled (default for adamw): w ← w − lr·λ·w; coupled (default for adam, sgd): λ·w "
+        "added to the gradient (L2 in the loss); l1: proximal L1, every weight moves lr·λ toward 0 and stops there; "
+        "to_init: w ← w − lr·λ·(w − w₀)")
+    decay_on: Literal["all", "matrices"] = Field("all", description="`matrices` decays weight matrices only "
+                                                 "(embeddings, biases, norm gains excluded)")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum; per run")
+    nesterov: bool = Field(False, description="SGD Nesterov momentum (needs momentum > 0)")
+    warmup_steps: int = Field(10, ge=0, description="linear warmup: lr·min(1, (t+1)/warmup) for update t "
+                              "(= LinearLR(0.1, total_iters=9) at 10); per run")
+    schedule: Literal["constant", "cosine", "exponential", "cyclic", "step"] = Field(
+        "constant", description="after warmup, on u = steps since warmup: cosine to min_lr_ratio·lr at "
+        "train.steps; exponential gamma^u; step gamma^⌊u/step_size⌋; cyclic triangular between min_lr_ratio·lr and "
+        "lr with period cycle_steps. The lr in use is logged as the `lr` metric")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="floor of the cosine and cyclic schedules, as a "
+                                "fraction of lr; per run")
+    gamma: float | None = Field(None, gt=0.0, le=1.0, description="decay factor of the exponential (default 0.9995) "
+                                "and step (default 0.5) schedules; per run")
+    step_size: int = Field(1000, ge=1, description="steps between decays of the step schedule; per run")
+    cycle_steps: int = Field(1000, ge=2, description="period of the cyclic schedule; per run")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="lr × (b/base_batch_size)^(1 or ½) with b the effective batch in use, so a batch sweep "
+        "can hold lr/b fixed or not")
+    base_batch_size: int = Field(512, ge=1, description="the batch size at which lr applies unscaled (lr_scaling)")
+    fixed_norm: float | None = Field(None, gt=0.0, description="Omnigrok's constraint: rescale the run's whole "
+                                     "parameter vector to this L2 norm after every step; per run")
+    grokfast: GrokfastConfig | None = Field(None, description="Grokfast filter, e.g. `{kind: ema, alpha: 0.98, "
+                                            "lamb: 2.0}` or `{kind: ma, window: 100, lamb: 5.0}`")
+    orthograd: bool = Field(False, description="⊥Grad (Prieto et al., 2025): the gradient minus its component "
+                            "along the weights, rescaled to its norm, before the optimizer")
 
     @model_validator(mode="after")
     def _resolve(self) -> OptimConfig:
@@ -163,12 +242,29 @@ class OptimConfig(_Strict):
             raise ValueError("optim.nesterov: needs optim.name=sgd and optim.momentum > 0")
         if self.decay is None:
             self.decay = "decoupled" if self.name == "adamw" else "coupled"
+        if self.gamma is not None and self.schedule not in SCHEDULE_GAMMA and self.gamma != 1.0:
+            raise ValueError(f"optim.gamma: applies only to optim.schedule exponential or step (got "
+                             f"{self.schedule}); remove it (here it would change nothing but the run id)")
         if self.gamma is None:
             self.gamma = SCHEDULE_GAMMA.get(self.schedule, 1.0)
+        adam = self.name in ("adam", "adamw")
+        self._refuse_inapplicable("optim", {
+            "betas": (adam, "to optim.name=adam or adamw"),
+            "eps": (adam, "to optim.name=adam or adamw"),
+            "momentum": (self.name == "sgd", "to optim.name=sgd"),
+            "min_lr_ratio": (self.schedule in ("cosine", "cyclic"), "to optim.schedule=cosine or cyclic"),
+            "step_size": (self.schedule == "step", "to optim.schedule=step"),
+            "cycle_steps": (self.schedule == "cyclic", "to optim.schedule=cyclic"),
+            "base_batch_size": (self.lr_scaling != "none", "with optim.lr_scaling=linear or sqrt"),
+        })
         return self
 
+
 class StopConfig(_Strict):
-    after_grok: int = Field(0, ge=0)
+    """When a run leaves its pack before its step budget."""
+
+    after_grok: int = Field(0, ge=0, description="stop a run K steps after its grok evaluation; 0 = never stop "
+                            "early; per run")
 
 
 class BatchSchedule(_Strict):
@@ -176,13 +272,22 @@ class BatchSchedule(_Strict):
     adaptive: start at `start`; every `check_every` steps double it (up to `end`) while the measured
     gradient noise scale B_simple (McCandlish et al., 2018) exceeds it."""
 
-    kind: Literal["ramp", "adaptive"]
-    start: int = Field(ge=1)
-    end: int = Field(ge=1)
-    steps: int = Field(1000, ge=1)
-    shape: Literal["linear", "geometric"] = "linear"
-    check_every: int = Field(100, ge=1)
-    ema: float = Field(0.9, ge=0.0, lt=1.0)
+    kind: Literal["ramp", "adaptive"] = Field(description="ramp: from start to end over `steps`; adaptive: double "
+                                              "while the gradient noise scale exceeds the batch (one run per pack)")
+    start: int = Field(ge=1, description="first batch size")
+    end: int = Field(ge=1, description="last (ramp) or largest (adaptive) batch size")
+    steps: int = Field(1000, ge=1, description="ramp length in steps (ramp)")
+    shape: Literal["linear", "geometric"] = Field("linear", description="ramp shape (ramp)")
+    check_every: int = Field(100, ge=1, description="steps between doubling checks (adaptive)")
+    ema: float = Field(0.9, ge=0.0, lt=1.0, description="EMA factor of the noise-scale estimators (adaptive)")
+
+    @model_validator(mode="after")
+    def _applies(self) -> BatchSchedule:
+        ramp = self.kind == "ramp"
+        self._refuse_inapplicable("train.batch_schedule", {
+            "steps": (ramp, "to kind ramp"), "shape": (ramp, "to kind ramp"),
+            "check_every": (not ramp, "to kind adaptive"), "ema": (not ramp, "to kind adaptive")})
+        return self
 
     def at(self, step: int) -> int:
         """Batch size of update `step` for a ramp."""
@@ -193,42 +298,84 @@ class BatchSchedule(_Strict):
 
 
 class TrainConfig(_Strict):
-    batch_size: int = Field(512, ge=1)
-    steps: int = Field(100_000, ge=1)
-    eval_every: int = Field(100, ge=1)
-    seed: int = Field(0, ge=0, lt=2**31)
-    stop: StopConfig = StopConfig()
-    device: str = "auto"
-    loss: Literal["cross_entropy", "stablemax", "mse"] = "cross_entropy"
-    sampling: Literal["without_replacement", "with_replacement"] = "without_replacement"
-    accumulate: int = Field(1, ge=1, le=1024)
-    batch_schedule: BatchSchedule | None = None
-    init_from: str | None = None
-    save_weights: bool = True
-    checkpoint_every: int = Field(1000, ge=0)
-    precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = False
+    """The step loop: batches, budget, evaluation, loss, precision and where it runs."""
+
+    batch_size: int = Field(512, ge=1, description="minibatch per step; ≥ the train size with "
+                            "`without_replacement` means full batch")
+    steps: int = Field(100_000, ge=1, description="step budget; per run")
+    eval_every: int = Field(100, ge=1, description="evaluation period on the full train and val sets")
+    seed: int = Field(0, ge=0, lt=2**31, description="fixes split, init, batch order and dropout masks "
+                      "(independent generators)")
+    stop: StopConfig = Field(default_factory=StopConfig, description="early stopping")
+    device: str = Field("auto", description="`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`, `mps`; not "
+                        "part of the run id")
+    loss: Literal["cross_entropy", "stablemax", "mse"] = Field(
+        "cross_entropy", description="stablemax: cross-entropy under StableMax (Prieto et al., 2025: s(x) = x+1 "
+        "for x ≥ 0, 1/(1−x) below); mse: squared error against one-hot targets, averaged over classes")
+    sampling: Literal["without_replacement", "with_replacement"] = Field(
+        "without_replacement", description="epoch-wise shuffling from the run's generator, or independent "
+        "uniform draws")
+    accumulate: int = Field(1, ge=1, le=1024, description="gradient accumulation: k micro-batches of batch_size, "
+                            "averaged: the update of one batch of k·b")
+    batch_schedule: BatchSchedule | None = Field(
+        None, description="replaces batch_size: `{kind: ramp, start, end, steps, shape: linear|geometric}` or "
+        "`{kind: adaptive, start, end, check_every: 100, ema: 0.9}`")
+    init_from: str | None = Field(None, description="a stored run id: start from that run's final weights "
+                                  "(shapes must match; e.g. pretrain x+y, fine-tune x−y)")
+    save_weights: bool = Field(True, description="keep the run's final weights and training state in "
+                               "`<store>.weights/<run_id>.pt` (needed by init_from and by budget extension)")
+    checkpoint_every: int = Field(1000, ge=0, description="pack checkpoint period in steps (0 = never); not part "
+                                  "of the run id")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: forward and backward in bfloat16; master "
+                                               "weights, optimizer state, softmax and loss in float32")
+    compile: bool = Field(False, description="torch.compile the loss (falls back to eager with a warning); faster "
+                          "on large configurations, slower on small ones on the CPU; not part of the run id")
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        import re
-
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
             raise ValueError(f"got {v!r}; allowed: auto, cpu, cuda, cuda:N, mps")
         return v
 
+    @model_validator(mode="after")
+    def _applies(self) -> TrainConfig:
+        sched = self.batch_schedule
+        self._refuse_inapplicable("train", {
+            "batch_size": (sched is None, "without train.batch_schedule (which replaces it)"),
+            "accumulate": (sched is None or sched.kind == "ramp", "without an adaptive train.batch_schedule "
+                           "(which measures the noise on the two halves of each batch)"),
+        })
+        return self
+
 
 class MetricsConfig(_Strict):
-    threshold: float = Field(0.99, gt=0.0, le=1.0)
+    """What counts as memorized and grokked."""
+
+    threshold: float = Field(0.99, gt=0.0, le=1.0, description="accuracy that counts as memorized / grokked; "
+                             "per run")
 
 
 class Config(_Strict):
-    task: TaskConfig = TaskConfig()
-    model: ModelConfig = ModelConfig()
-    optim: OptimConfig = OptimConfig()
-    train: TrainConfig = TrainConfig()
-    metrics: MetricsConfig = MetricsConfig()
+    """One run. Its resolved form (every default filled in) is stored with the run and hashed into its id."""
+
+    task: TaskConfig = Field(default_factory=TaskConfig, description="the task")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the model")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="the optimizer and regularizers")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the training loop")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="events")
+
+    @model_validator(mode="after")
+    def _combination(self) -> Config:
+        t, m = self.task, self.model
+        if m.kind == "transformer" and t.name in FEATURE_TASKS:
+            raise ValueError(f"model.kind: the transformer needs a token task and task.name={t.name} is a feature "
+                             f"task; allowed for {t.name}: mlp, resmlp")
+        n = t.n_examples
+        if t.train_size is not None and t.train_size >= n:
+            raise ValueError(f"task.train_size: {t.train_size} leaves no validation examples; task {t.name} has "
+                             f"{n} examples, allowed: 1..{n - 1}")
+        return self
 
     def resolved(self) -> dict[str, Any]:
         """Plain JSON-able dict with every default filled in: what is stored and hashed."""

@@ -94,6 +94,12 @@ class Store:
         self.path = Path(path)
         if not self.path.exists() and not create:
             raise StoreError(f"--store: {str(self.path)!r} does not exist (run a sweep or `groklab run` first)")
+        if self.path.is_dir():
+            raise StoreError(f"--store: {str(self.path)!r} is a folder; name the database file, e.g. "
+                             f"{str(self.path / DEFAULT_PATH)!r}")
+        if not self.path.parent.is_dir():
+            raise StoreError(f"--store: the folder {str(self.path.parent)!r} does not exist; create it or name a "
+                             "store in an existing folder")
         try:
             self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             self.conn.execute("PRAGMA busy_timeout = 60000")

@@ -44,7 +44,7 @@ def load_reference(p, r, cfg, task):
             b.attn.in_proj_bias.copy_(p[f"{i}.qkv.b"][r])
             b.attn.out_proj.weight.copy_(p[f"{i}.out.w"][r].T)
             b.attn.out_proj.bias.copy_(p[f"{i}.out.b"][r])
-            for ln in ("ln1", "ln2"):
+            for ln in ("ln1", "ln2") if cfg.norm != "none" else ():  # norm none has no layer-norm parameters
                 getattr(b, ln).weight.copy_(p[f"{i}.{ln}.g"][r])
                 getattr(b, ln).bias.copy_(p[f"{i}.{ln}.b"][r])
             b.ffn[0].weight.copy_(p[f"{i}.fc1.w"][r].T)
