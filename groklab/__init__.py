@@ -8,9 +8,10 @@
 
 __version__ = "0.1.0"
 
+from groklab.api import run, sweep  # noqa: E402
 from groklab.config import Config, ConfigError, make_config  # noqa: E402
 from groklab.store import Store, StoreError, open_store  # noqa: E402
-from groklab.sweep import SweepSpec, load_spec, run, sweep  # noqa: E402
+from groklab.sweep import SweepSpec, load_spec  # noqa: E402
 
 
 def report(store: "Store | str" = "groklab.db", sweep: str | None = None, out: str = "report") -> str:

@@ -24,8 +24,8 @@ def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from groklab.api import run
     from groklab.config import make_config
-    from groklab.sweep import run
 
     path, overrides = _split_config(a.args)
     cfg = make_config(path, overrides)  # validate before the store is touched
@@ -39,7 +39,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from groklab.sweep import sweep
+    from groklab.api import sweep
 
     _threads(a)
     options = {}

@@ -43,6 +43,22 @@ class ConfigError(ValueError):
     """Bad user input. The message names the offending key and what is allowed (CLI exit code 2)."""
 
 
+class InapplicableKey(ValueError):
+    """A key set to a non-default value where it does nothing (raised inside validators; see make_config)."""
+
+    def __init__(self, key: str, where: str):
+        super().__init__(f"{key}: applies only {where}; remove it (here it would change nothing but the run id)")
+        self.key = key
+
+
+class InapplicableKeyError(ConfigError):
+    """ConfigError for keys that do not apply to the chosen task / model / optimizer; `keys` names them."""
+
+    def __init__(self, message: str, keys: list[str]):
+        super().__init__(message)
+        self.keys = keys
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -53,8 +69,7 @@ class _Strict(BaseModel):
         for key, (applies, where) in rules.items():
             default = type(self).model_fields[key].default
             if not applies and key in self.model_fields_set and getattr(self, key) != default:
-                raise ValueError(f"{prefix}.{key}: applies only {where}; remove it (here it would change "
-                                 f"nothing but the run id)")
+                raise InapplicableKey(f"{prefix}.{key}", where)
 
 
 def _is_prime(n: int) -> bool:
@@ -243,8 +258,7 @@ class OptimConfig(_Strict):
         if self.decay is None:
             self.decay = "decoupled" if self.name == "adamw" else "coupled"
         if self.gamma is not None and self.schedule not in SCHEDULE_GAMMA and self.gamma != 1.0:
-            raise ValueError(f"optim.gamma: applies only to optim.schedule exponential or step (got "
-                             f"{self.schedule}); remove it (here it would change nothing but the run id)")
+            raise InapplicableKey("optim.gamma", "to optim.schedule=exponential or step")
         if self.gamma is None:
             self.gamma = SCHEDULE_GAMMA.get(self.schedule, 1.0)
         adam = self.name in ("adam", "adamw")
@@ -434,12 +448,22 @@ def _drop(d: dict[str, Any], dotted: str) -> None:
     d.pop(leaf, None)
 
 
-def run_id(cfg: Config) -> str:
-    d = cfg.resolved()
-    for key in _NOT_HASHED:
+def _hash(resolved: dict[str, Any], leave_out: tuple[str, ...]) -> str:
+    d = copy.deepcopy(resolved)
+    for key in leave_out:
         _drop(d, key)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_id(cfg: Config) -> str:
+    return _hash(cfg.resolved(), _NOT_HASHED)
+
+
+def budget_id(resolved: dict[str, Any]) -> str:
+    """Equal for runs that differ at most in their step budget (`train.steps`), from a resolved config:
+    a longer run of the same experiment can continue a stored shorter one instead of starting over."""
+    return _hash(resolved, _NOT_HASHED + ("train.steps",))
 
 
 def pack_key(cfg: Config) -> str:
@@ -565,6 +589,9 @@ def make_config(
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
+        errors = [err.get("ctx", {}).get("error") for err in e.errors()]
+        if all(isinstance(x, InapplicableKey) for x in errors):
+            raise InapplicableKeyError(_format_validation(e), [x.key for x in errors]) from None
         raise ConfigError(_format_validation(e)) from None
 
 

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from groklab import memory, metrics, models, optim
+from groklab import memory, metrics, models, optim, sampling
 from groklab.config import Config, ConfigError, pack_key
+from groklab.sampling import BatchSampler  # also this module's public name (engine.BatchSampler)
 from groklab.tasks import Task, make_task, split
 
 # Examples per run and chunk are chosen so one evaluation forward holds about this many rows.
@@ -106,36 +107,6 @@ class RunResult:
         }
 
 
-class BatchSampler:
-    """Per-run minibatch positions [R, b] from each run's own generator.
-
-    without_replacement: epoch-wise shuffling. Runs in a pack share train size and batch size, so
-    their epochs end on the same step; each epoch costs one randperm per run, and a batch that crosses
-    an epoch boundary takes the end of one permutation and the start of the next (so k batches of b
-    are exactly one batch of k*b: gradient accumulation sees the same examples as the big batch).
-    with_replacement: b independent uniform draws per run and step.
-    """
-
-    def __init__(self, generators: list[torch.Generator], n: int, replacement: bool = False):
-        self.generators, self.n, self.replacement = generators, n, replacement
-        self.buffer = torch.empty(len(generators), 0, dtype=torch.long)
-
-    def next(self, b: int) -> torch.Tensor:
-        if self.replacement:
-            return torch.stack([torch.randint(self.n, (b,), generator=g) for g in self.generators])
-        if b >= self.n:  # full batch
-            return torch.arange(self.n).expand(len(self.generators), -1)
-        while self.buffer.shape[1] < b:
-            perms = torch.stack([torch.randperm(self.n, generator=g) for g in self.generators])
-            self.buffer = torch.cat([self.buffer, perms], dim=1)
-        out, self.buffer = self.buffer[:, :b], self.buffer[:, b:]
-        return out
-
-    def select(self, keep: list[int]) -> None:
-        self.generators = [self.generators[i] for i in keep]
-        self.buffer = self.buffer[keep]
-
-
 def per_example_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Loss per example [R, B] from logits [R, B, L, C] and labels [R, B, L] (mean over L).
 
@@ -154,34 +125,6 @@ def per_example_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> t
         onehot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
         ce = (logits - onehot).pow(2).mean(-1)
     return ce.mean(-1)
-
-
-class NoiseScale:
-    """Simple gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al., 2018), estimated
-    each step from the gradients of the two halves of the batch and of the whole batch, with
-    exponential moving averages of numerator and denominator."""
-
-    def __init__(self, ema: float):
-        self.ema, self.trace, self.g2 = ema, None, None
-
-    def update(self, g_a: torch.Tensor, g_c: torch.Tensor, b: int) -> None:
-        """g_a, g_c: flat gradients of the two halves of a batch of b examples."""
-        small = (g_a.pow(2).sum() + g_c.pow(2).sum()) / 2
-        big = ((g_a + g_c) / 2).pow(2).sum()
-        b_small, b_big = b / 2, b
-        g2 = (b_big * big - b_small * small) / (b_big - b_small)
-        trace = (small - big) / (1 / b_small - 1 / b_big)
-        if self.g2 is None:
-            self.g2, self.trace = g2, trace
-        else:
-            self.g2 = self.ema * self.g2 + (1 - self.ema) * g2
-            self.trace = self.ema * self.trace + (1 - self.ema) * trace
-
-    @property
-    def value(self) -> float:
-        if self.g2 is None:
-            return float("nan")
-        return float(self.trace / self.g2) if float(self.g2) > 0 else float("inf")
 
 
 class Pack:
@@ -237,9 +180,8 @@ class Pack:
         self.step = 0
         self.evaluated_step = -1
         self.samples = 0
-        sched = cfg.train.batch_schedule
-        self.batch_size = sched.start if sched is not None else cfg.train.batch_size
-        self.noise = NoiseScale(sched.ema) if sched is not None and sched.kind == "adaptive" else None
+        self.batch_size = sampling.initial_batch_size(cfg.train)
+        self.noise = sampling.noise_scale(cfg.train)
         self.start_time = time.perf_counter()
         # train.compile compiles the loss of a flat parameter chunk: one input tensor, whose views
         # are taken inside the compiled graph (views as separate inputs cost more than they save).
@@ -345,28 +287,15 @@ class Pack:
         return self.spare_grad
 
     def train_step(self) -> None:
+        """One update of every run: sample its batch, take its gradient, freeze it if the loss or the
+        gradient is not finite, optimizer step; then the batch-size schedule may change the batch."""
         t, cfg = self.cfg.train, self.cfg
-        if t.batch_schedule is not None and t.batch_schedule.kind == "ramp":
-            self.batch_size = t.batch_schedule.at(self.step)
+        self.batch_size = sampling.scheduled_batch_size(t, self.step, self.batch_size)
         b, k = self.batch_size, t.accumulate
         positions = self.sampler.next(b * k)
         self._refresh_compute()
+        loss = self._batch_grads(positions, b, k)
         grads = self.grad
-        if self.noise is not None and b >= 2:
-            # Adaptive batch: the two halves give the noise-scale measurement and, averaged, the gradient.
-            h, other = b // 2, self._spare()
-            loss = (self._grads(positions[:, :h], grads) + self._grads(positions[:, h : 2 * h], other)) / 2
-            self.noise.update(grads, other, 2 * h)
-            grads.add_(other).div_(2)
-        else:
-            loss = self._grads(positions[:, :b], grads)
-            for j in range(1, k):  # gradient accumulation: the mean of k micro-batch means
-                spare = self._spare()
-                loss = loss + self._grads(positions[:, j * b : (j + 1) * b], spare)
-                grads.add_(spare)
-            if k > 1:
-                loss = loss / k
-                grads.div_(k)
         finite = torch.isfinite(loss) & torch.isfinite(grads.sum(1))
         self.diverged_at = torch.where(~finite & (self.diverged_at < 0), self.step, self.diverged_at)
         lr = optim.lr_at(self.hyper, self.step, cfg.optim.schedule, optim.batch_scale(cfg.optim, b * k))
@@ -379,10 +308,30 @@ class Pack:
         )
         self.step += 1
         self.samples += b * k
-        sched = t.batch_schedule
-        if self.noise is not None and sched is not None and self.step % sched.check_every == 0:
-            if self.noise.value > self.batch_size and self.batch_size < sched.end:
-                self.batch_size = min(2 * self.batch_size, sched.end)
+        self.batch_size = sampling.adapted_batch_size(t, self.noise, self.step, self.batch_size)
+
+    def _batch_grads(self, positions: torch.Tensor, b: int, k: int) -> torch.Tensor:
+        """Loss [R] of the step's batch (k micro-batches of b); its mean gradient lands in `self.grad`.
+
+        With a noise-scale estimator the batch is taken as two halves: their gradients are the
+        measurement, and their mean is the gradient. Otherwise gradient accumulation averages the
+        k micro-batch means."""
+        grads = self.grad
+        if self.noise is not None and b >= 2:
+            h, other = b // 2, self._spare()
+            loss = (self._grads(positions[:, :h], grads) + self._grads(positions[:, h : 2 * h], other)) / 2
+            self.noise.update(grads, other, 2 * h)
+            grads.add_(other).div_(2)
+            return loss
+        loss = self._grads(positions[:, :b], grads)
+        for j in range(1, k):
+            spare = self._spare()
+            loss = loss + self._grads(positions[:, j * b : (j + 1) * b], spare)
+            grads.add_(spare)
+        if k > 1:
+            loss = loss / k
+            grads.div_(k)
+        return loss
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ import pandas as pd
 import torch
 
 from groklab import __version__
-from groklab.config import flatten
+from groklab.config import budget_id, flatten
 from groklab.engine import RunResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_PATH = "groklab.db"
 
 SCHEMA = """
@@ -43,8 +44,10 @@ CREATE TABLE IF NOT EXISTS runs (
     groklab_version TEXT NOT NULL,
     torch_version TEXT NOT NULL,
     device TEXT NOT NULL,
-    finished_at REAL NOT NULL
+    finished_at REAL NOT NULL,
+    budget_id TEXT
 );
+CREATE INDEX IF NOT EXISTS runs_budget ON runs(budget_id);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     step INTEGER NOT NULL,
@@ -57,7 +60,7 @@ CREATE TABLE IF NOT EXISTS sweeps (
     spec TEXT NOT NULL,
     created_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS claims (
+CREATE TABLE IF NOT EXISTS leases (
     run_id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     host TEXT NOT NULL,
@@ -72,15 +75,50 @@ CREATE TABLE IF NOT EXISTS sweep_runs (
 """
 
 
-# Statements that take a store from version v to v + 1.
-MIGRATIONS = {
+def _fill_budget_ids(conn: sqlite3.Connection) -> None:
+    rows = conn.execute("SELECT run_id, config FROM runs").fetchall()
+    conn.executemany("UPDATE runs SET budget_id = ? WHERE run_id = ?",
+                     [(budget_id(json.loads(config)), rid) for rid, config in rows])
+
+
+# Statements (or functions of the connection) that take a store from version v to v + 1.
+MIGRATIONS: dict[int, list[Any]] = {
     1: [
         "ALTER TABLE runs ADD COLUMN grokked_samples INTEGER",
         "ALTER TABLE runs ADD COLUMN grokked_seconds REAL",
         "CREATE TABLE IF NOT EXISTS claims (run_id TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, "
         "pid INTEGER NOT NULL, heartbeat REAL NOT NULL)",
     ],
+    2: [
+        "ALTER TABLE claims RENAME TO leases",  # leases on runs being trained; 'claims' are about grokking now
+        "ALTER TABLE runs ADD COLUMN budget_id TEXT",
+        "CREATE INDEX IF NOT EXISTS runs_budget ON runs(budget_id)",
+        _fill_budget_ids,
+    ],
 }
+
+
+@dataclass(frozen=True)
+class SweepChange:
+    """What storing a sweep's expansion changed: keys whose value changed, runs that joined / left it."""
+
+    name: str
+    new: bool
+    changed: list[str]
+    added: int
+    removed: int
+
+    def message(self) -> str:
+        if self.new or not (self.changed or self.added or self.removed):
+            return ""
+        what = "; ".join(self.changed) or "same spec"
+        return (f"sweep {self.name} changed ({what}): {self.added} run(s) joined it, {self.removed} earlier run(s) "
+                "left it (they stay in the store, reachable by id)")
+
+
+def _spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = flatten(old), flatten(new)
+    return [f"{k}: {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 class StoreError(ValueError):
@@ -131,7 +169,7 @@ class Store:
                         self.conn.execute(stmt)
             for v in range(version or SCHEMA_VERSION, SCHEMA_VERSION):  # a new store is created current
                 for stmt in MIGRATIONS[v]:
-                    self.conn.execute(stmt)
+                    stmt(self.conn) if callable(stmt) else self.conn.execute(stmt)
             self.conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
@@ -183,7 +221,7 @@ class Store:
             "grokked_samples": res.grokked_samples, "grokked_seconds": res.grokked_seconds,
             "diverged_step": res.diverged_step, "steps_run": res.steps_run, "wall_seconds": res.wall_seconds,
             "final": json.dumps(res.final), "groklab_version": __version__, "torch_version": torch.__version__,
-            "device": device, "finished_at": time.time(),
+            "device": device, "finished_at": time.time(), "budget_id": budget_id(res.config),
         }
         with self.transaction():
             if replace:
@@ -197,51 +235,59 @@ class Store:
             if sweep:
                 self.conn.execute("INSERT OR IGNORE INTO sweep_runs VALUES (?, ?)", (sweep, res.run_id))
 
-    def add_sweep(self, name: str, spec: dict[str, Any], run_ids: Iterable[str]) -> None:
+    def add_sweep(self, name: str, spec: dict[str, Any], run_ids: Iterable[str]) -> SweepChange:
+        """Make sweep `name` mean exactly `run_ids` (its latest expansion) and return what changed.
+
+        Runs of an earlier expansion stay in the store, reachable by id; they just leave the sweep."""
+        ids = list(dict.fromkeys(run_ids))
         with self.transaction():
+            row = self.conn.execute("SELECT spec FROM sweeps WHERE name = ?", (name,)).fetchone()
+            before = {r[0] for r in self.conn.execute("SELECT run_id FROM sweep_runs WHERE sweep = ?", (name,))}
             self.conn.execute(
                 "INSERT INTO sweeps VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET spec = excluded.spec",
                 (name, json.dumps(spec, sort_keys=True), time.time()),
             )
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO sweep_runs VALUES (?, ?)", [(name, r) for r in run_ids]
-            )
+            self.conn.execute("DELETE FROM sweep_runs WHERE sweep = ?", (name,))
+            self.conn.executemany("INSERT INTO sweep_runs VALUES (?, ?)", [(name, r) for r in ids])
+        old = json.loads(row[0]) if row else None
+        changed = [] if old is None else _spec_changes(old, spec)
+        return SweepChange(name, old is None, changed, len(set(ids) - before), len(before - set(ids)))
 
-    # ---- claims: which process trains which run --------------------------------------------------
+    # ---- leases: which process trains which run ---------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
         return self.path.with_name(self.path.name + ".ckpt")
 
-    def claim(self, run_ids: Iterable[str], owner: str) -> set[str]:
-        """Claim the runs that are neither stored nor claimed by a live process; return those won."""
+    def lease(self, run_ids: Iterable[str], owner: str) -> set[str]:
+        """Lease the runs that are neither stored nor leased by a live process; return those won."""
         ids = list(run_ids)
         won = set()
         now = time.time()
         with self.transaction():
             stored = self.existing(ids)
             held = {r[0]: r[1:] for r in self.conn.execute(
-                f"SELECT run_id, owner, host, pid, heartbeat FROM claims WHERE run_id IN ({','.join('?' * len(ids))})",
+                f"SELECT run_id, owner, host, pid, heartbeat FROM leases WHERE run_id IN ({','.join('?' * len(ids))})",
                 ids)}
             for rid in ids:
                 if rid in stored:
                     continue
                 if rid in held and held[rid][0] != owner and not _stale(*held[rid][1:], now):
                     continue
-                self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                self.conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
                                   (rid, owner, socket.gethostname(), os.getpid(), now))
                 won.add(rid)
         return won
 
     def heartbeat(self, owner: str) -> None:
         with self.transaction():
-            self.conn.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), owner))
+            self.conn.execute("UPDATE leases SET heartbeat = ? WHERE owner = ?", (time.time(), owner))
 
     def release(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
         with self.transaction():
             if run_ids is None:
-                self.conn.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+                self.conn.execute("DELETE FROM leases WHERE owner = ?", (owner,))
             else:
-                self.conn.executemany("DELETE FROM claims WHERE owner = ? AND run_id = ?",
+                self.conn.executemany("DELETE FROM leases WHERE owner = ? AND run_id = ?",
                                       [(owner, r) for r in run_ids])
 
     def existing(self, ids: list[str], table: str = "runs") -> set[str]:
@@ -266,7 +312,8 @@ class Store:
 
     def runs(self, sweep: str | None = None) -> pd.DataFrame:
         """One row per run: events, status, final metrics, and the config flattened as columns."""
-        q = "SELECT * FROM runs"
+        q = ("SELECT runs.*, (SELECT group_concat(sweep, ',') FROM (SELECT sweep FROM sweep_runs s "
+             "WHERE s.run_id = runs.run_id ORDER BY sweep)) AS sweeps FROM runs")
         args: tuple[Any, ...] = ()
         if sweep is not None:
             self.sweep_spec(sweep)  # raises a clear error for an unknown sweep
@@ -280,7 +327,7 @@ class Store:
         for k in ("train_acc", "val_acc", "train_loss", "val_loss"):
             df[f"final_{k}"] = [f.get(k) for f in finals]
         flat = pd.DataFrame([flatten(c) for c in configs], index=df.index)
-        df = pd.concat([df.drop(columns=["final"]), flat], axis=1)
+        df = pd.concat([df.drop(columns=["final", "budget_id"]), flat], axis=1)
         df["config"] = configs
         for col in ("memorized_step", "grokked_step", "grok_delay", "grokked_samples", "diverged_step"):
             df[col] = df[col].astype("Int64")
@@ -328,11 +375,11 @@ class Store:
         return out
 
 
-STALE_SECONDS = 900.0  # a claim whose owner has not beaten for this long is taken over
+STALE_SECONDS = 900.0  # a lease whose owner has not beaten for this long is taken over
 
 
 def _stale(host: str, pid: int, heartbeat: float, now: float) -> bool:
-    """A claim is stale if its owner died (same host, pid gone) or stopped beating."""
+    """A lease is stale if its owner died (same host, pid gone) or stopped beating."""
     if now - heartbeat > STALE_SECONDS:
         return True
     if host == socket.gethostname():

@@ -4,8 +4,8 @@ import hashlib
 import sqlite3
 
 
-def rows_hash(path, skip=("claims",)):
-    """Hash of every row of every table (claims are bookkeeping, left out); None if no store."""
+def rows_hash(path, skip=("leases",)):
+    """Hash of every row of every table (leases are bookkeeping, left out); None if no store."""
     if not path.exists():
         return None
     con = sqlite3.connect(path)

@@ -209,7 +209,7 @@ def test_v1_store_is_migrated_in_place(tmp_path):
     """)
     con.close()
     st = groklab.open_store(db)
-    assert st.conn.execute("SELECT value FROM meta").fetchone()[0] == "2"
+    assert st.conn.execute("SELECT value FROM meta").fetchone()[0] == "3"
     s = st.summary("abc")
     assert s["grokked_step"] == 10 and s["grokked_samples"] is None
     assert st.metrics()["value"].tolist() == [1.0]

@@ -1,0 +1,101 @@
+"""Which examples each step trains on, and how many.
+
+Per-run minibatch sampling, the batch-size schedules (`train.batch_schedule`: a ramp, or adaptive
+doubling) and the gradient noise scale the adaptive schedule follows. They live here, not in the
+Pack, so the Pack reads as the step loop of DESIGN.md: sample, gradients, optimizer step, evaluate.
+The Pack keeps the state (`sampler`, `batch_size`, `noise`) because checkpoints save it from there.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from groklab.config import TrainConfig
+
+
+class BatchSampler:
+    """Per-run minibatch positions [R, b] from each run's own generator.
+
+    without_replacement: epoch-wise shuffling. Runs in a pack share train size and batch size, so
+    their epochs end on the same step; each epoch costs one randperm per run, and a batch that crosses
+    an epoch boundary takes the end of one permutation and the start of the next (so k batches of b
+    are exactly one batch of k*b: gradient accumulation sees the same examples as the big batch).
+    with_replacement: b independent uniform draws per run and step.
+    """
+
+    def __init__(self, generators: list[torch.Generator], n: int, replacement: bool = False):
+        self.generators, self.n, self.replacement = generators, n, replacement
+        self.buffer = torch.empty(len(generators), 0, dtype=torch.long)
+
+    def next(self, b: int) -> torch.Tensor:
+        if self.replacement:
+            return torch.stack([torch.randint(self.n, (b,), generator=g) for g in self.generators])
+        if b >= self.n:  # full batch
+            return torch.arange(self.n).expand(len(self.generators), -1)
+        while self.buffer.shape[1] < b:
+            perms = torch.stack([torch.randperm(self.n, generator=g) for g in self.generators])
+            self.buffer = torch.cat([self.buffer, perms], dim=1)
+        out, self.buffer = self.buffer[:, :b], self.buffer[:, b:]
+        return out
+
+    def select(self, keep: list[int]) -> None:
+        self.generators = [self.generators[i] for i in keep]
+        self.buffer = self.buffer[keep]
+
+
+class NoiseScale:
+    """Simple gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al., 2018), estimated
+    each step from the gradients of the two halves of the batch and of the whole batch, with
+    exponential moving averages of numerator and denominator."""
+
+    def __init__(self, ema: float):
+        self.ema, self.trace, self.g2 = ema, None, None
+
+    def update(self, g_a: torch.Tensor, g_c: torch.Tensor, b: int) -> None:
+        """g_a, g_c: flat gradients of the two halves of a batch of b examples."""
+        small = (g_a.pow(2).sum() + g_c.pow(2).sum()) / 2
+        big = ((g_a + g_c) / 2).pow(2).sum()
+        b_small, b_big = b / 2, b
+        g2 = (b_big * big - b_small * small) / (b_big - b_small)
+        trace = (small - big) / (1 / b_small - 1 / b_big)
+        if self.g2 is None:
+            self.g2, self.trace = g2, trace
+        else:
+            self.g2 = self.ema * self.g2 + (1 - self.ema) * g2
+            self.trace = self.ema * self.trace + (1 - self.ema) * trace
+
+    @property
+    def value(self) -> float:
+        if self.g2 is None:
+            return float("nan")
+        return float(self.trace / self.g2) if float(self.g2) > 0 else float("inf")
+
+
+def initial_batch_size(train: TrainConfig) -> int:
+    """The batch size of the first step: a schedule's `start`, else `train.batch_size`."""
+    sched = train.batch_schedule
+    return sched.start if sched is not None else train.batch_size
+
+
+def noise_scale(train: TrainConfig) -> NoiseScale | None:
+    """A noise-scale estimator where the adaptive schedule needs one; None spares the half-batch split."""
+    sched = train.batch_schedule
+    return NoiseScale(sched.ema) if sched is not None and sched.kind == "adaptive" else None
+
+
+def scheduled_batch_size(train: TrainConfig, step: int, current: int) -> int:
+    """The batch size of update `step`: a ramp's size there; otherwise the size in use goes on."""
+    sched = train.batch_schedule
+    if sched is not None and sched.kind == "ramp":
+        return sched.at(step)
+    return current
+
+
+def adapted_batch_size(train: TrainConfig, noise: NoiseScale | None, step: int, current: int) -> int:
+    """The batch size after update `step` - 1 (`step` updates done): every `check_every` steps the adaptive
+    schedule doubles it, up to `end`, while the measured noise scale exceeds it; otherwise it stays."""
+    sched = train.batch_schedule
+    if noise is not None and sched is not None and step % sched.check_every == 0:
+        if noise.value > current and current < sched.end:
+            return min(2 * current, sched.end)
+    return current
