@@ -1,7 +1,11 @@
-"""Pack checkpoints: everything needed to continue a pack bit-for-bit, written atomically.
+"""Pack states and checkpoints: everything needed to continue a pack bit-for-bit, written atomically.
 
-A checkpoint holds the stacked parameters, buffers and optimizer state of the runs still in the
-pack, every per-run generator state, the step and counters, and the curves not yet in the store
+A pack state splits into one state per run and joins back (`split`, `join`); a finished run's own state
+becomes the start of the same run with a larger budget (`extended`).
+
+A checkpoint holds a pack's state (`Pack.state_dict()`): the stacked parameters, buffers and optimizer
+state of the runs still in the pack, every per-run generator state, the step and counters, and the
+curves not yet in the store
 (finished runs are already there). The file is `MAGIC + sha256(payload) + payload`, written to a
 temporary file, fsynced and renamed; the previous checkpoint is kept as `.prev`. A checkpoint whose
 checksum does not match is skipped with a warning for the previous one, or a fresh start.
@@ -9,17 +13,17 @@ checksum does not match is skipped with a warning for the previous one, or a fre
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from groklab.engine import Pack
+from groklab.config import Config
 
 # The number is the format version: version 2 stores parameters and optimizer state flat [R, P].
 MAGIC = b"GROKLAB-CKPT-2\n"
@@ -29,60 +33,72 @@ class CorruptCheckpoint(ValueError):
     pass
 
 
-def state_dict(pack: Pack) -> dict[str, Any]:
-    def cpu(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in d.items()}
-
-    o = pack.opt_state
-    return {
-        "run_ids": [c.run_id for c in pack.configs],
-        "step": pack.step,
-        "evaluated_step": pack.evaluated_step,
-        "samples": pack.samples,
-        "batch_size": pack.batch_size,
-        "elapsed": time.perf_counter() - pack.start_time,
-        "flat": pack.flat.cpu(),
-        "buffers": cpu(pack.buffers),
-        "opt": {
-            "step": o.step, "grokfast_count": o.grokfast_count,
-            **{k: None if getattr(o, k) is None else getattr(o, k).cpu() for k in o.TENSORS},
-        },
-        "sampler_gens": [g.get_state() for g in pack.sampler.generators],
-        "sampler_buffer": pack.sampler.buffer,
-        "dropout_gens": [g.get_state() for g in pack.dropout_gens],
-        "diverged_at": pack.diverged_at.cpu(),
-        "noise": None if pack.noise is None else (pack.noise.trace, pack.noise.g2),
-        "end_step": pack.end_step,
-        "curves": pack.curves,
-        "memorized": pack.memorized,
-        "grokked": pack.grokked,
-    }
+def split(sd: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pack state (`Pack.state_dict()`) as one state per run, each a pack state of one run."""
+    return [select(sd, [r]) for r in range(len(sd["run_ids"]))]
 
 
-def load_state_dict(pack: Pack, sd: dict[str, Any]) -> None:
-    """Overwrite a freshly built pack (same runs, same order) with a checkpoint's state."""
-    if [c.run_id for c in pack.configs] != sd["run_ids"]:
-        raise CorruptCheckpoint("checkpoint runs do not match the pack")
-    dev = pack.device
-    pack.step, pack.evaluated_step, pack.samples = sd["step"], sd["evaluated_step"], sd["samples"]
-    pack.batch_size = sd["batch_size"]
-    pack.start_time = time.perf_counter() - sd["elapsed"]
-    pack.set_flat(sd["flat"].to(dev))
-    pack.buffers = {k: v.to(dev) for k, v in sd["buffers"].items()}
-    o = pack.opt_state
-    o.step, o.grokfast_count = sd["opt"]["step"], sd["opt"]["grokfast_count"]
-    for k in o.TENSORS:
-        setattr(o, k, None if sd["opt"][k] is None else sd["opt"][k].to(dev))
-    for g, s in zip(pack.sampler.generators, sd["sampler_gens"]):
-        g.set_state(s)
-    pack.sampler.buffer = sd["sampler_buffer"]
-    for g, s in zip(pack.dropout_gens, sd["dropout_gens"]):
-        g.set_state(s)
-    pack.diverged_at = sd["diverged_at"].to(dev)
-    if pack.noise is not None and sd["noise"] is not None:
-        pack.noise.trace, pack.noise.g2 = sd["noise"]
-    pack.end_step, pack.curves = sd["end_step"], sd["curves"]
-    pack.memorized, pack.grokked = sd["memorized"], sd["grokked"]
+def select(sd: dict[str, Any], keep: list[int]) -> dict[str, Any]:
+    """The state of runs `keep` of a pack state: per-run entries sliced, pack-level entries as they are."""
+    out = dict(sd)
+    for k in PER_RUN_TENSORS:
+        out[k] = sd[k][keep]
+    for k in PER_RUN_LISTS:
+        out[k] = [sd[k][i] for i in keep]
+    out["buffers"] = {n: b[keep] for n, b in sd["buffers"].items()}
+    out["opt"] = {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in sd["opt"].items()}
+    return out
+
+
+def join(sds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One pack state from the states of runs that stopped at the same step (inverse of `split`)."""
+    first = sds[0]
+    for k in PACK_LEVEL:
+        if any(s[k] != first[k] for s in sds):
+            raise ValueError(f"cannot join run states that differ in {k}")
+    out = dict(first)
+    for k in PER_RUN_TENSORS:
+        out[k] = torch.cat([s[k] for s in sds])
+    for k in PER_RUN_LISTS:
+        out[k] = [v for s in sds for v in s[k]]
+    out["buffers"] = {n: torch.cat([s["buffers"][n] for s in sds]) for n in first["buffers"]}
+    out["opt"] = {k: (torch.cat([s["opt"][k] for s in sds]) if isinstance(v, torch.Tensor) else v)
+                  for k, v in first["opt"].items()}
+    return out
+
+
+def extended(state: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """A stored run's final state as the starting state of `cfg`: the same experiment with a larger
+    `train.steps`. Training on from it gives exactly the curves a run of `cfg` from scratch gives, so a
+    longer budget trains only the new steps. The old budget's last step was an evaluation only because it
+    was the last: where the run goes on past it, that point (and an event first reached there) is dropped.
+    `end_step` says where the run stops: at or before `step` means it has nothing left to train
+    (it stopped after grokking, or diverged)."""
+    sd = copy.deepcopy(state)
+    sd["run_ids"] = [cfg.run_id]
+    step, curve = sd["step"], sd["curves"][0]
+    stop_after = cfg.train.stop.after_grok
+
+    def end() -> int:
+        if int(sd["diverged_at"][0]) >= 0:
+            return step
+        grok = sd["grokked"][0]
+        return min(cfg.train.steps, grok + stop_after) if grok is not None and stop_after > 0 else cfg.train.steps
+
+    if end() > step and step % cfg.train.eval_every and curve["step"] and curve["step"][-1] == step:
+        for values in curve.values():
+            values.pop()
+        sd["memorized"] = [None if sd["memorized"][0] == step else sd["memorized"][0]]
+        sd["grokked"] = [None if sd["grokked"][0] == step else sd["grokked"][0]]
+        sd["evaluated_step"] = -1
+    sd["end_step"] = [max(end(), step)]
+    return sd
+
+
+# The entries of a pack state (`Pack.state_dict()`): per run, or shared by the pack's lockstep runs.
+PER_RUN_TENSORS = ("flat", "sampler_buffer", "diverged_at")
+PER_RUN_LISTS = ("run_ids", "sampler_gens", "dropout_gens", "end_step", "curves", "memorized", "grokked")
+PACK_LEVEL = ("step", "samples", "batch_size")
 
 
 def save(path: Path, sd: dict[str, Any]) -> None:

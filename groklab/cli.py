@@ -92,7 +92,8 @@ def cmd_ls(a: argparse.Namespace) -> int:
     if df.empty:
         print("no runs")
         return 0
-    cols = ["run_id", "status", "memorized_step", "grokked_step", "steps_run", "final_val_acc",
+    df["sweeps"] = df["sweeps"].fillna("-")
+    cols = ["run_id", "sweeps", "status", "memorized_step", "grokked_step", "steps_run", "final_val_acc",
             "task.op", "task.modulus", "model.kind", "optim.lr", "optim.weight_decay", "train.batch_size", "train.seed"]
     print(df[cols].to_string(index=False))
     return 0

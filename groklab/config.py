@@ -326,6 +326,10 @@ class TrainConfig(_Strict):
     loss: Literal["cross_entropy", "stablemax", "mse"] = Field(
         "cross_entropy", description="stablemax: cross-entropy under StableMax (Prieto et al., 2025: s(x) = x+1 "
         "for x ≥ 0, 1/(1−x) below); mse: squared error against one-hot targets, averaged over classes")
+    loss_precision: Literal["float64", "float32"] = Field(
+        "float64", description="precision of the softmax / loss (the model computes in `precision`): float64, as "
+        "the reference implementations (Nanda et al.; Prieto et al.), keeps a memorized example's loss and gradient "
+        "from rounding to exactly 0 (softmax collapse), which in float32 can stall grokking")
     sampling: Literal["without_replacement", "with_replacement"] = Field(
         "without_replacement", description="epoch-wise shuffling from the run's generator, or independent "
         "uniform draws")

@@ -9,6 +9,7 @@ leave the pack there (compaction), so no compute is spent on them.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -68,6 +69,7 @@ class RunResult:
     final: dict[str, float | None]
     curves: dict[str, list[float]] = field(repr=False)  # "step", EVAL_METRICS and COUNTERS
     weights: Weights | None = field(default=None, repr=False)
+    state: dict[str, Any] | None = field(default=None, repr=False)  # its training state (Pack.state_dict)
 
     @property
     def grok_delay(self) -> int | None:
@@ -107,14 +109,16 @@ class RunResult:
         }
 
 
-def per_example_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Loss per example [R, B] from logits [R, B, L, C] and labels [R, B, L] (mean over L).
+def per_example_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, precision: str = "float64") -> torch.Tensor:
+    """Loss per example [R, B] from logits [R, B, L, C] and labels [R, B, L] (mean over L), computed in
+    `precision` (train.loss_precision).
 
     cross_entropy; stablemax: cross-entropy under StableMax, s(x) = x + 1 for x >= 0 else 1/(1 - x),
     p_i = s(x_i) / sum_j s(x_j) (Prieto et al., 2025); mse: squared error against one-hot targets,
-    averaged over classes.
+    averaged over classes. In float32 a memorized example's cross-entropy rounds to exactly 0 once its
+    margin passes ~17 (softmax collapse, Prieto et al.), and its gradient with it; float64 holds to ~37.
     """
-    logits = logits.float()
+    logits = logits.to(torch.float64 if precision == "float64" else torch.float32)
     if kind == "cross_entropy":
         ce = F.cross_entropy(logits.flatten(0, 2), labels.flatten(), reduction="none").view(labels.shape)
     elif kind == "stablemax":
@@ -253,7 +257,7 @@ class Pack:
                     labels: torch.Tensor, drop: models.Dropout) -> torch.Tensor:
         """Mean training loss per run [R]."""
         logits = self._logits(params, inputs, buffers, drop, train=True)
-        return per_example_loss(self.cfg.train.loss, logits, labels).mean(1)
+        return per_example_loss(self.cfg.train.loss, logits, labels, self.cfg.train.loss_precision).mean(1).float()
 
     def _train_loss_flat(self, flat: torch.Tensor, *args: Any) -> torch.Tensor:
         return self._train_loss(self.layout.views(flat), *args)
@@ -291,7 +295,7 @@ class Pack:
         gradient is not finite, optimizer step; then the batch-size schedule may change the batch."""
         t, cfg = self.cfg.train, self.cfg
         self.batch_size = sampling.scheduled_batch_size(t, self.step, self.batch_size)
-        b, k = self.batch_size, t.accumulate
+        b, k = self.sampler.effective(self.batch_size), t.accumulate
         positions = self.sampler.next(b * k)
         self._refresh_compute()
         loss = self._batch_grads(positions, b, k)
@@ -340,16 +344,19 @@ class Pack:
         self._refresh_compute()
         chunk = max(1, EVAL_ROWS // self.size)
         for name, idx in (("train", self.train_idx), ("val", self.val_idx)):
-            loss_sum = torch.zeros(self.size, device=self.device)
+            # Per-example losses first, one sum at the end: chunks depend on the pack size, and a sum
+            # accumulated chunk by chunk would round differently packed and solo.
+            losses = torch.empty(idx.shape, dtype=torch.float64, device=self.device)
             correct = torch.zeros(self.size, device=self.device)
             for s in range(0, idx.shape[1], chunk):
                 logits, labels = self.forward(idx[:, s : s + chunk])
-                loss_sum += per_example_loss(self.cfg.train.loss, logits, labels).sum(1)
+                losses[:, s : s + chunk] = per_example_loss(self.cfg.train.loss, logits, labels,
+                                                            self.cfg.train.loss_precision)
                 correct += (logits.argmax(-1) == labels).all(-1).sum(1)
-            out[f"{name}_loss"] = loss_sum / idx.shape[1]
+            out[f"{name}_loss"] = (losses.sum(1) / idx.shape[1]).float()
             out[f"{name}_acc"] = correct / idx.shape[1]
         out["param_norm"] = self.flat.pow(2).sum(1).sqrt()
-        b = self.batch_size * self.cfg.train.accumulate
+        b = self.sampler.effective(self.batch_size) * self.cfg.train.accumulate
         out["lr"] = optim.lr_at(self.hyper, max(self.step - 1, 0), self.cfg.optim.schedule,
                                 optim.batch_scale(self.cfg.optim, b))
         return out
@@ -362,7 +369,8 @@ class Pack:
         """
         ev = self.evaluate()
         table = torch.stack([ev[k] for k in metrics.EVAL_METRICS], dim=1).cpu().tolist()
-        counters = {"samples": self.samples, "batch_size": self.batch_size * self.cfg.train.accumulate,
+        counters = {"samples": self.samples,
+                    "batch_size": self.sampler.effective(self.batch_size) * self.cfg.train.accumulate,
                     "seconds": time.perf_counter() - self.start_time,
                     "noise_scale": self.noise.value if self.noise is not None else float("nan")}
         diverged = self.diverged_at.cpu().tolist()
@@ -371,6 +379,10 @@ class Pack:
             c, cfg = self.curves[r], self.configs[r]
             if self.step % cfg.train.eval_every and self.step != self.end_step[r] and diverged[r] < 0:
                 continue
+            if diverged[r] < 0 and not (math.isfinite(row[0]) and math.isfinite(row[2])):
+                # the last update overflowed the weights: training saw finite numbers, evaluation does not
+                diverged[r] = self.step
+                self.diverged_at[r] = self.step
             c["step"].append(self.step)
             for k, v in zip(metrics.EVAL_METRICS, row):
                 c[k].append(v)
@@ -407,7 +419,75 @@ class Pack:
             final=final,
             curves={k: (vals if k == "step" else [_clean(v) for v in vals]) for k, vals in c.items()},
             weights=weights,
+            state=self.state_dict([r]) if cfg.train.save_weights else None,
         )
+
+    def state_dict(self, runs: list[int] | None = None) -> dict[str, Any]:
+        """Everything needed to continue the pack (or its runs `runs`) bit for bit, on the CPU: stacked
+        parameters, buffers and optimizer state, every per-run generator, the step and counters, and the
+        curves and events so far. Checkpoints save it; a finished run keeps its own to extend its budget."""
+        keep = list(range(self.size)) if runs is None else runs
+        k = torch.tensor(keep, dtype=torch.long, device=self.device)
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t.detach()[k].cpu() if runs is not None else t.detach().cpu()
+
+        o = self.opt_state
+        return {
+            "run_ids": [self.configs[r].run_id for r in keep],
+            "step": self.step,
+            "evaluated_step": self.evaluated_step,
+            "samples": self.samples,
+            "batch_size": self.batch_size,
+            "elapsed": time.perf_counter() - self.start_time,
+            "flat": rows(self.flat),
+            "buffers": {n: rows(b) for n, b in self.buffers.items()},
+            "opt": {"step": o.step, "grokfast_count": o.grokfast_count,
+                    **{n: None if getattr(o, n) is None else rows(getattr(o, n)) for n in o.TENSORS}},
+            "sampler_gens": [self.sampler.generators[r].get_state() for r in keep],
+            "sampler_buffer": self.sampler.buffer[keep],
+            "dropout_gens": [self.dropout_gens[r].get_state() for r in keep],
+            "diverged_at": rows(self.diverged_at),
+            "noise": None if self.noise is None else (self.noise.trace, self.noise.g2),
+            "end_step": [self.end_step[r] for r in keep],
+            "curves": [self.curves[r] for r in keep],
+            "memorized": [self.memorized[r] for r in keep],
+            "grokked": [self.grokked[r] for r in keep],
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Overwrite this freshly built pack (same runs, same order) with a `state_dict()`."""
+        if [c.run_id for c in self.configs] != sd["run_ids"]:
+            raise ValueError("the state's runs do not match the pack")
+        dev = self.device
+        self.step, self.evaluated_step, self.samples = sd["step"], sd["evaluated_step"], sd["samples"]
+        self.batch_size = sd["batch_size"]
+        self.start_time = time.perf_counter() - sd["elapsed"]
+        self.set_flat(sd["flat"].to(dev))
+        self.buffers = {k: v.to(dev) for k, v in sd["buffers"].items()}
+        o = self.opt_state
+        o.step, o.grokfast_count = sd["opt"]["step"], sd["opt"]["grokfast_count"]
+        for k in o.TENSORS:
+            setattr(o, k, None if sd["opt"][k] is None else sd["opt"][k].to(dev))
+        for g, st in zip(self.sampler.generators, sd["sampler_gens"]):
+            g.set_state(st)
+        self.sampler.buffer = sd["sampler_buffer"]
+        for g, st in zip(self.dropout_gens, sd["dropout_gens"]):
+            g.set_state(st)
+        self.diverged_at = sd["diverged_at"].to(dev)
+        if self.noise is not None and sd["noise"] is not None:
+            self.noise.trace, self.noise.g2 = sd["noise"]
+        self.end_step, self.curves = list(sd["end_step"]), [copy.deepcopy(c) for c in sd["curves"]]
+        self.memorized, self.grokked = list(sd["memorized"]), list(sd["grokked"])
+
+    def release_spent(self) -> list[RunResult]:
+        """Runs loaded with nothing left to train (a continued run that had stopped after grokking or
+        diverged) leave the pack at once, as results."""
+        spent = [r for r in range(self.size) if self.end_step[r] <= self.step or int(self.diverged_at[r]) >= 0]
+        results = [self._result(r) for r in spent]
+        if spent:
+            self.compact([r for r in range(self.size) if r not in spent])
+        return results
 
     def compact(self, keep: list[int]) -> None:
         """Drop every run not in `keep` from all stacked tensors and host lists."""

@@ -27,10 +27,18 @@ class BatchSampler:
         self.generators, self.n, self.replacement = generators, n, replacement
         self.buffer = torch.empty(len(generators), 0, dtype=torch.long)
 
+    def effective(self, b: int) -> int:
+        """The batch a step really takes for a requested size b: without replacement at most the whole
+        train set (a batch_size of 100000 on 3,830 examples is full batch: 3,830 samples a step, and
+        what lr_scaling scales by)."""
+        return b if self.replacement else min(b, self.n)
+
     def next(self, b: int) -> torch.Tensor:
+        """Positions [R, b]; b is an effective batch (times `accumulate`): exactly one epoch is the full
+        batch in order, more than one epoch concatenates permutations (k full micro-batches)."""
         if self.replacement:
             return torch.stack([torch.randint(self.n, (b,), generator=g) for g in self.generators])
-        if b >= self.n:  # full batch
+        if b == self.n:  # full batch
             return torch.arange(self.n).expand(len(self.generators), -1)
         while self.buffer.shape[1] < b:
             perms = torch.stack([torch.randperm(self.n, generator=g) for g in self.generators])

@@ -187,8 +187,28 @@ class Store:
         os.replace(tmp, final)
 
     def load_weights(self, run_id: str) -> dict | None:
+        """{"params", "buffers"} of a run's final weights, and "state" (its training state) where kept."""
         f = self.weights_dir / f"{run_id}.pt"
         return torch.load(f, weights_only=True) if f.exists() else None
+
+    def shorter_runs(self, configs: list[Any]) -> dict[str, str]:
+        """For each config, the stored run of the same experiment with the largest step budget below its
+        own (they differ only in `train.steps`): {run_id: stored run_id}. Runs whose lr schedule depends on
+        the budget (cosine) have none, since their first steps differ too."""
+        want = {c.run_id: (budget_id(c.resolved()), c.train.steps) for c in configs if c.optim.schedule != "cosine"}
+        if not want:
+            return {}
+        keys = sorted({b for b, _ in want.values()})
+        rows = self.conn.execute(
+            f"SELECT run_id, budget_id, config FROM runs WHERE budget_id IN ({','.join('?' * len(keys))})", keys
+        ).fetchall()
+        found: dict[str, tuple[int, str]] = {}
+        for rid, bid, config in rows:
+            steps = json.loads(config)["train"]["steps"]
+            for new_id, (b, new_steps) in want.items():
+                if b == bid and steps < new_steps and steps > found.get(new_id, (-1, ""))[0]:
+                    found[new_id] = (steps, rid)
+        return {k: rid for k, (_, rid) in found.items()}
 
     def transaction(self) -> _Transaction:
         return _Transaction(self.conn)
@@ -213,8 +233,8 @@ class Store:
             for step, value in zip(res.curves["step"], values)
         ]
         device = res.config.get("train", {}).get("device", "auto")
-        if res.weights is not None:
-            self.save_weights(res.run_id, res.weights)
+        if res.weights is not None:  # with the training state, so a longer budget can continue this run
+            self.save_weights(res.run_id, {**res.weights, **({"state": res.state} if res.state is not None else {})})
         row = {
             "run_id": res.run_id, "config": json.dumps(res.config, sort_keys=True), "status": res.status,
             "memorized_step": res.memorized_step, "grokked_step": res.grokked_step, "grok_delay": res.grok_delay,

@@ -1,5 +1,9 @@
+import os
+
 import pytest
 import torch
+
+os.environ.setdefault("GROKLAB_THREADS", "2")  # no load-dependent thread count in tests
 
 torch.set_num_threads(2)
 
@@ -31,3 +35,14 @@ def micro():
     import copy
 
     return copy.deepcopy(MICRO)
+
+
+# Hypothesis profiles: `ci` (default) replays a fixed set of examples so CI is repeatable and short;
+# `long` draws many new ones: python -m pytest tests/test_properties.py --hypothesis-profile=long
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=400, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")

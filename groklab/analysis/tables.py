@@ -10,7 +10,7 @@ import pandas as pd
 
 # Config keys that never define a cell: seeds are the repeats within a cell.
 NOT_AXES = ("train.seed", "train.device")
-EVENT_COLUMNS = ["run_id", "status", "memorized_step", "grokked_step", "grok_delay", "grokked_samples",
+EVENT_COLUMNS = ["run_id", "sweeps", "status", "memorized_step", "grokked_step", "grok_delay", "grokked_samples",
                  "grokked_seconds", "steps_run", "final_train_acc", "final_val_acc", "wall_seconds"]
 
 

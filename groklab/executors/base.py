@@ -38,7 +38,7 @@ class Executor(Protocol):
 
 
 class Checkpoints(Protocol):
-    """Where one pack's latest checkpoint (a `checkpoint.state_dict`) is kept between attempts."""
+    """Where one pack's latest checkpoint (a `Pack.state_dict()`) is kept between attempts."""
 
     def load(self) -> dict[str, Any] | None: ...
 
@@ -117,36 +117,47 @@ def train_pack(
     should_stop: Callable[[], bool] | None = None,
     label: str | None = None,
     heartbeat: Callable[[], None] | None = None,
+    starts: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Train the runs `todo` of `pack`, each handed to `on_finish` as it finishes, checkpointing as it goes.
 
     With `resume`, the pack's checkpoint continues: its runs not in `todo` (finished since, or trained
-    by another process) are dropped, and runs of `todo` it lacks train as a second, fresh pack. `label`
-    names the progress bar (None: no bar); `heartbeat` is called after every evaluation."""
+    by another process) are dropped. Runs of `todo` it lacks start from `starts` (a stored shorter run's
+    state, `checkpoint.extended`) where given, in packs of runs that stopped at the same step, else from
+    scratch. `label` names the progress bar (None: no bar); `heartbeat` is called after every evaluation."""
     if not todo:
         return
+    starts = starts or {}
     sd = checkpoints.load() if checkpoints is not None and resume else None
     by_id = {c.run_id: c for c in pack}
     mine = {c.run_id for c in todo}
     batches: list[tuple[list[Config], dict | None]] = []
+    rest = todo
     if sd is not None and set(sd["run_ids"]) <= set(by_id):
         batches.append(([by_id[r] for r in sd["run_ids"]], sd))
         rest = [c for c in todo if c.run_id not in sd["run_ids"]]
-        if rest:
-            batches.append((rest, None))
-    else:
-        batches.append((todo, None))
+    by_step: dict[int, list[Config]] = {}
+    for c in rest:
+        if c.run_id in starts:
+            by_step.setdefault(starts[c.run_id]["step"], []).append(c)
+    for runs in by_step.values():
+        batches.append((runs, checkpoint.join([starts[c.run_id] for c in runs])))
+    fresh = [c for c in rest if c.run_id not in starts]
+    if fresh:
+        batches.append((fresh, None))
 
     def save(p: engine.Pack) -> None:
-        checkpoints.save(checkpoint.state_dict(p))
+        checkpoints.save(p.state_dict())
 
     for configs, state in batches:
         p = engine.Pack(configs, init_weights)
         if state is not None:
-            checkpoint.load_state_dict(p, state)
+            p.load_state_dict(state)
             drop = [r for r, c in enumerate(p.configs) if c.run_id not in mine]
             if drop:  # finished after the checkpoint, or now trained by another process
                 p.compact([r for r in range(p.size) if r not in drop])
+            for res in p.release_spent():
+                on_finish(res)
             if not p.size:
                 continue
         total = max(c.train.steps for c in p.configs)
@@ -167,6 +178,19 @@ def train_pack(
             print(f"\ninterrupted at step {p.step}: checkpoint saved to {checkpoints}", file=sys.stderr)
             raise
         bar.close()
+
+
+def extension_starts(configs: list[Config], store: Store) -> dict[str, dict[str, Any]]:
+    """Starting states for runs that extend a stored shorter run of the same experiment (only `train.steps`
+    differs, and the lr schedule does not depend on it): {run_id: state}. Needs the stored run's training
+    state, which `train.save_weights` (the default) keeps."""
+    starts = {}
+    for c in configs:
+        src = store.shorter_runs([c]).get(c.run_id)
+        weights = store.load_weights(src) if src is not None else None
+        if weights is not None and "state" in weights:
+            starts[c.run_id] = checkpoint.extended(weights["state"], c)
+    return starts
 
 
 class Lease:
@@ -211,8 +235,9 @@ def train_stored_pack(
         if not todo:
             return len(stored) == len(ids)  # False: some runs are held by another live process
     ckpt = FileCheckpoints(store.checkpoint_dir / f"{pack_id(pack)}.pt") if store is not None else None
+    starts = extension_starts(todo, store) if store is not None and not replace else {}
     train_pack(pack, todo, ckpt, init_weights, on_finish, resume=not replace, should_stop=should_stop,
-               label=label if progress else None, heartbeat=lease.beat if lease is not None else None)
+               label=label if progress else None, heartbeat=lease.beat if lease is not None else None, starts=starts)
     if store is None or ckpt is None:
         return True
     done = store.existing(ids)

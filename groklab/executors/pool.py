@@ -6,12 +6,12 @@ Processes are spawned, not forked, so CUDA and torch's thread pools start clean 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 from tqdm import tqdm
 
+from groklab import threads
 from groklab.config import Config
 from groklab.executors.local import train_runs
 from groklab.store import Store
@@ -38,7 +38,8 @@ class PoolExecutor:
         workers, ids = self.workers, [c.run_id for c in configs]
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_worker, configs, str(store.path), sweep_name, pack_size, i, workers)
+            budget = threads.configure()  # this process's thread budget (--threads), shared by the workers
+            futures = [pool.submit(_worker, configs, str(store.path), sweep_name, pack_size, i, workers, budget)
                        for i in range(workers)]
             bar = tqdm(total=len(ids), desc=f"sweep {sweep_name} ({workers} workers)", unit="run", file=sys.stderr,
                        disable=not progress, dynamic_ncols=True)
@@ -58,12 +59,12 @@ class PoolExecutor:
 
 
 def _worker(configs: list[Config], store_path: str, sweep_name: str | None, pack_size: int | None, index: int,
-            workers: int) -> int:
+            workers: int, budget: int) -> int:
     """One worker process: leases and trains packs of the sweep until none is left.
     With CUDA, worker i trains on device i mod the device count (`train.device: auto` follows it)."""
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    threads.configure(max(1, budget // workers))
     if torch.cuda.is_available():
         torch.cuda.set_device(index % torch.cuda.device_count())
     with Store(store_path) as st:

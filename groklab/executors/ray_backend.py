@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from groklab import engine
 from groklab.config import Config, ConfigError, make_config
-from groklab.executors.base import load_init_weights, train_pack
+from groklab.executors.base import extension_starts, load_init_weights, train_pack
 from groklab.store import Store
 from groklab.sweep import group, pack_id
 
@@ -94,8 +94,10 @@ class KeeperCheckpoints:
         return f"the Ray keeper (pack {self.pid})"
 
 
-def train_pack_task(cfg_dicts: list[dict], pid: str, keeper: Any, init_weights: dict, threads: int) -> int:
-    """Body of the Ray task: train one pack, resuming from the keeper's checkpoint if there is one."""
+def train_pack_task(cfg_dicts: list[dict], pid: str, keeper: Any, init_weights: dict, threads: int,
+                    starts: dict[str, dict[str, Any]]) -> int:
+    """Body of the Ray task: train one pack, resuming from the keeper's checkpoint if there is one, and
+    continuing runs that extend a stored shorter run from its state (`starts`)."""
     ray = _ray()
     torch.set_num_threads(max(1, threads))
     configs = [make_config(d) for d in cfg_dicts]
@@ -107,7 +109,7 @@ def train_pack_task(cfg_dicts: list[dict], pid: str, keeper: Any, init_weights: 
         keeper.add_result.remote(pid, res.run_id, _to_bytes(res))
         trained.append(res.run_id)
 
-    train_pack(configs, todo, KeeperCheckpoints(keeper, pid), init_weights, on_finish)
+    train_pack(configs, todo, KeeperCheckpoints(keeper, pid), init_weights, on_finish, starts=starts)
     ray.get(keeper.flush.remote())
     return len(trained)
 
@@ -140,7 +142,9 @@ class RayExecutor:
             task = ray.remote(train_pack_task).options(num_cpus=self.cpus_per_pack, num_gpus=self.gpus_per_pack,
                                                        max_retries=self.max_retries, retry_exceptions=False)
             weights_ref = ray.put(init_weights)
-            refs = [task.remote([c.resolved() for c in p], pack_id(p), keeper, weights_ref, int(self.cpus_per_pack))
+            starts = extension_starts([c for p in packs for c in p], store)
+            refs = [task.remote([c.resolved() for c in p], pack_id(p), keeper, weights_ref, int(self.cpus_per_pack),
+                                {c.run_id: starts[c.run_id] for c in p if c.run_id in starts})
                     for p in packs]
             total = sum(len(p) for p in packs)
             bar = tqdm(total=total, desc=f"ray: {len(packs)} packs", unit="run", file=sys.stderr, disable=not progress)
