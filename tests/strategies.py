@@ -87,6 +87,7 @@ def trains(draw: st.DrawFn, precision: bool = True) -> dict[str, Any]:
     t: dict[str, Any] = {"steps": draw(st.integers(3, 8)), "eval_every": draw(st.integers(1, 4)),
                          "seed": draw(st.integers(0, 2**31 - 1)),
                          "loss": draw(st.sampled_from(["cross_entropy", "stablemax", "mse"])),
+                         "loss_precision": draw(st.sampled_from(["float64", "float32"])),
                          "sampling": draw(st.sampled_from(["without_replacement", "with_replacement"])),
                          "precision": draw(st.sampled_from(["fp32", "bf16"])) if precision else "fp32",
                          "stop": {"after_grok": draw(st.sampled_from([0, 0, 1]))},
