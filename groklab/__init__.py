@@ -6,7 +6,7 @@
     store = groklab.open_store("groklab.db"); store.curves()  # every stored curve
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from groklab.api import run, sweep  # noqa: E402
 from groklab.config import Config, ConfigError, make_config  # noqa: E402
