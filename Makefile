@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 GROKLAB := $(VENV)/bin/groklab
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint docs clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+docs: install
+	$(PY) -c "from groklab import reference; reference.update_readme('README.md')"
 
 lint: install
 	$(VENV)/bin/ruff check groklab tests bench examples

@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
+from groklab import metrics
 from groklab.config import Config
 
 # The number is the format version: version 2 stores parameters and optimizer state flat [R, P].
-MAGIC = b"GROKLAB-CKPT-2\n"
+MAGIC = b"GROKLAB-CKPT-3\n"
 
 
 class CorruptCheckpoint(ValueError):
@@ -47,6 +48,7 @@ def select(sd: dict[str, Any], keep: list[int]) -> dict[str, Any]:
         out[k] = [sd[k][i] for i in keep]
     out["buffers"] = {n: b[keep] for n, b in sd["buffers"].items()}
     out["opt"] = {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in sd["opt"].items()}
+    out["measures"] = {m: {k: (v[keep] if _per_run(v) else v) for k, v in st.items()} for m, st in sd["measures"].items()}
     return out
 
 
@@ -64,7 +66,13 @@ def join(sds: list[dict[str, Any]]) -> dict[str, Any]:
     out["buffers"] = {n: torch.cat([s["buffers"][n] for s in sds]) for n in first["buffers"]}
     out["opt"] = {k: (torch.cat([s["opt"][k] for s in sds]) if isinstance(v, torch.Tensor) else v)
                   for k, v in first["opt"].items()}
+    out["measures"] = {m: {k: (torch.cat([s["measures"][m][k] for s in sds]) if _per_run(v) else v)
+                           for k, v in st.items()} for m, st in first["measures"].items()}
     return out
+
+
+def _per_run(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) and v.dim() > 0
 
 
 def extended(state: dict[str, Any], cfg: Config) -> dict[str, Any]:
@@ -88,8 +96,8 @@ def extended(state: dict[str, Any], cfg: Config) -> dict[str, Any]:
     if end() > step and step % cfg.train.eval_every and curve["step"] and curve["step"][-1] == step:
         for values in curve.values():
             values.pop()
-        sd["memorized"] = [None if sd["memorized"][0] == step else sd["memorized"][0]]
-        sd["grokked"] = [None if sd["grokked"][0] == step else sd["grokked"][0]]
+        memorized, grokked, streaks = metrics.replay(curve, cfg.metrics.threshold, cfg.metrics.hold)
+        sd["memorized"], sd["grokked"], sd["streaks"] = [memorized], [grokked], [streaks]
         sd["evaluated_step"] = -1
     sd["end_step"] = [max(end(), step)]
     return sd
@@ -97,7 +105,8 @@ def extended(state: dict[str, Any], cfg: Config) -> dict[str, Any]:
 
 # The entries of a pack state (`Pack.state_dict()`): per run, or shared by the pack's lockstep runs.
 PER_RUN_TENSORS = ("flat", "sampler_buffer", "diverged_at")
-PER_RUN_LISTS = ("run_ids", "sampler_gens", "dropout_gens", "end_step", "curves", "memorized", "grokked")
+PER_RUN_LISTS = ("run_ids", "sampler_gens", "dropout_gens", "measure_gens", "end_step", "curves", "memorized", "grokked",
+                 "streaks")
 PACK_LEVEL = ("step", "samples", "batch_size")
 
 

@@ -148,6 +148,7 @@ class TaskConfig(_Strict):
 
 NORMS = {"transformer": ("post", "pre", "none"), "mlp": ("none", "batch", "layer"), "resmlp": ("none", "batch", "layer")}
 FEATURE_TASKS = ("digits",)
+FOURIER_OPS = ("x+y",)  # the progress measures of Nanda et al. read the cos/sin(w(a+b)) directions
 
 
 class ModelConfig(_Strict):
@@ -367,11 +368,65 @@ class TrainConfig(_Strict):
         return self
 
 
+MEASURES = ("norms", "stability", "sharpness", "noise_scale", "fourier")
+
+
 class MetricsConfig(_Strict):
-    """What counts as memorized and grokked."""
+    """What counts as memorized and grokked, and what a run measures beside loss and accuracy."""
 
     threshold: float = Field(0.99, gt=0.0, le=1.0, description="accuracy that counts as memorized / grokked; "
                              "per run")
+    hold: int = Field(1, ge=1, le=1000, description="the threshold must hold for this many consecutive "
+                      "evaluations; the event is the first of them (1 = the published definition: the first "
+                      "evaluation at or above it). Early stopping (train.stop.after_grok) waits for it; per run")
+    measures: list[Literal["norms", "stability", "sharpness", "noise_scale", "fourier"]] = Field(
+        default_factory=lambda: ["norms", "stability"], description="what a run records beside loss and "
+        "accuracy (docs/measures.md). norms: L2 norm per parameter group (embeddings, each block's attention / "
+        "MLP / norms, the last layer); stability: softmax collapse (fraction of train examples whose softmax "
+        "sums to exactly 1 in the loss precision), and per run the loss-spike count, val-accuracy volatility "
+        "after grokking, last-layer norm growth; sharpness: top Hessian eigenvalue of the train loss (power "
+        "iteration) and Hessian trace (Hutchinson); noise_scale: gradient noise scale B_simple (McCandlish et "
+        "al.); fourier: progress measures of Nanda et al. (modular tasks of x and y). The first two are cheap "
+        "and on by default")
+    every: int | None = Field(None, ge=1, description="period in steps of the measures (a multiple of "
+                              "train.eval_every; default: every evaluation)")
+    periods: dict[Literal["norms", "stability", "sharpness", "noise_scale", "fourier"], int] = Field(
+        default_factory=dict, description="a period per measure, overriding `every`, e.g. {sharpness: 1000}")
+    sharpness_iters: int = Field(20, ge=1, le=1000, description="sharpness: the cap on power iterations "
+                                 "(each one Hessian-vector product on the full train set)")
+    sharpness_tol: float = Field(1e-3, gt=0.0, description="sharpness: stop when the eigenvalue's relative "
+                                 "change is below this")
+    trace_samples: int = Field(10, ge=0, description="sharpness: Hutchinson samples for the Hessian trace "
+                               "(0 = no trace)")
+    noise_batch: int = Field(64, ge=2, description="noise_scale: the large of the two batch sizes (the small one "
+                             "is half of it), drawn from the run's own generator apart from its training batches")
+    noise_ema: float = Field(0.9, ge=0.0, lt=1.0, description="noise_scale: EMA factor of the numerator and the "
+                             "denominator, kept separately")
+    spike_factor: float = Field(10.0, gt=1.0, description="stability: an evaluation is a loss spike when the train "
+                                "loss exceeds spike_factor × the median of the previous spike_window evaluations "
+                                "and spike_floor (groklab's own definition: the slingshot paper gives none)")
+    spike_window: int = Field(10, ge=1, description="stability: evaluations in the running median")
+    spike_floor: float = Field(0.01, ge=0.0, description="stability: a spike's train loss is at least this "
+                               "(rises among losses of 1e-7 are not spikes)")
+
+    @model_validator(mode="after")
+    def _applies(self) -> MetricsConfig:
+        on = set(self.measures)
+        for name in self.periods:
+            if name not in on:
+                raise InapplicableKey(f"metrics.periods.{name}", f"to a measure in metrics.measures (add {name} there)")
+        self._refuse_inapplicable("metrics", {
+            **{k: ("sharpness" in on, "with sharpness in metrics.measures")
+               for k in ("sharpness_iters", "sharpness_tol", "trace_samples")},
+            **{k: ("noise_scale" in on, "with noise_scale in metrics.measures") for k in ("noise_batch", "noise_ema")},
+            **{k: ("stability" in on, "with stability in metrics.measures")
+               for k in ("spike_factor", "spike_window", "spike_floor")},
+        })
+        return self
+
+    def period(self, measure: str, eval_every: int) -> int:
+        """Steps between two recordings of `measure`."""
+        return self.periods.get(measure, self.every or eval_every)
 
 
 class Config(_Strict):
@@ -389,6 +444,15 @@ class Config(_Strict):
         if m.kind == "transformer" and t.name in FEATURE_TASKS:
             raise ValueError(f"model.kind: the transformer needs a token task and task.name={t.name} is a feature "
                              f"task; allowed for {t.name}: mlp, resmlp")
+        every = self.train.eval_every
+        for name in self.metrics.measures:
+            if self.metrics.period(name, every) % every:
+                key = f"metrics.periods.{name}" if name in self.metrics.periods else "metrics.every"
+                raise ValueError(f"{key}: {self.metrics.period(name, every)} is not a multiple of train.eval_every "
+                                 f"({every}); measures are taken at evaluations")
+        if "fourier" in self.metrics.measures and not (t.name == "modular" and t.op in FOURIER_OPS):
+            raise ValueError(f"metrics.measures: fourier applies to task.name=modular with task.op {FOURIER_OPS[0]}; "
+                             f"got task {t.name} {t.op}")
         n = t.n_examples
         if t.train_size is not None and t.train_size >= n:
             raise ValueError(f"task.train_size: {t.train_size} leaves no validation examples; task {t.name} has "
@@ -428,6 +492,7 @@ PER_RUN_KEYS = (
     "train.init_from",
     "train.save_weights",
     "metrics.threshold",
+    "metrics.hold",
 )
 # Where and how fast a run trains does not change what it computes (compile: up to float rounding).
 _NOT_HASHED = ("train.device", "train.save_weights", "train.checkpoint_every", "train.compile")

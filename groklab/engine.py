@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from groklab import memory, metrics, models, optim, sampling
 from groklab.config import Config, ConfigError, pack_key
+from groklab.measures import stability
+from groklab.measures.recorder import Measures
 from groklab.sampling import BatchSampler  # also this module's public name (engine.BatchSampler)
 from groklab.tasks import Task, make_task, split
 
@@ -70,6 +72,7 @@ class RunResult:
     curves: dict[str, list[float]] = field(repr=False)  # "step", EVAL_METRICS and COUNTERS
     weights: Weights | None = field(default=None, repr=False)
     state: dict[str, Any] | None = field(default=None, repr=False)  # its training state (Pack.state_dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # per-run stability figures (measures.stability)
 
     @property
     def grok_delay(self) -> int | None:
@@ -105,6 +108,7 @@ class RunResult:
             "steps_run": self.steps_run,
             "wall_seconds": round(self.wall_seconds, 3),
             "final": self.final,
+            "stats": self.stats,
             "config": self.config,
         }
 
@@ -178,6 +182,7 @@ class Pack:
         replacement = cfg.train.sampling == "with_replacement"
         self.sampler = BatchSampler([run_generator(s, 2) for s in seeds], self.train_idx.shape[1], replacement)
         self.dropout_gens = [run_generator(s, 3) for s in seeds]
+        self.measure_gens = [run_generator(s, 4) for s in seeds]  # sharpness and noise-scale draws
         self.dropout_p = torch.tensor([c.model.dropout for c in configs], device=dev)
         self.use_dropout = any(c.model.dropout > 0 for c in configs)
         self.diverged_at = torch.full((len(configs),), -1, dtype=torch.long, device=dev)
@@ -198,6 +203,9 @@ class Pack:
         ]
         self.memorized: list[int | None] = [None] * len(configs)
         self.grokked: list[int | None] = [None] * len(configs)
+        # per run: the current streak [first step, length] of evaluations at or above the threshold
+        self.streaks: list[dict[str, list]] = [{"memorized": [None, 0], "grokked": [None, 0]} for _ in configs]
+        self.measures = Measures(self)
 
     @property
     def size(self) -> int:
@@ -284,6 +292,35 @@ class Pack:
             losses.append(loss.detach())
         return losses[0] if len(losses) == 1 else torch.cat(losses)
 
+    def full_train_loss(self, flat: torch.Tensor) -> torch.Tensor:
+        """Mean loss [R] over each run's whole train set as a function of flat fp32 parameters [R, P],
+        without dropout and with batch norm's running statistics: the loss whose Hessian sharpness is."""
+        idx = self.train_idx
+        logits = models.forward(self.layout.views(flat), self.inputs[idx], self.cfg.model, self.task,
+                                models.no_dropout, dict(self.buffers), False).float()
+        labels = self.labels[idx].view(*idx.shape, -1)
+        return per_example_loss(self.cfg.train.loss, logits, labels, self.cfg.train.loss_precision).mean(1)
+
+    def batch_gradient(self, positions: torch.Tensor) -> torch.Tensor:
+        """Gradient [R, P] of the mean train loss on train-set positions [R, b] in fp32, without dropout and
+        leaving batch-norm statistics as they are: a measurement, not a training step."""
+        idx = self.train_idx.gather(1, positions.to(self.device))
+        flat = self.flat.detach().requires_grad_()
+        buffers = {k: b.clone() for k, b in self.buffers.items()}
+        logits = models.forward(self.layout.views(flat), self.inputs[idx], self.cfg.model, self.task,
+                                models.no_dropout, buffers, True).float()
+        labels = self.labels[idx].view(*idx.shape, -1)
+        loss = per_example_loss(self.cfg.train.loss, logits, labels, self.cfg.train.loss_precision).mean(1)
+        return torch.autograd.grad(loss.sum(), flat)[0]
+
+    @torch.no_grad()
+    def all_logits(self) -> torch.Tensor:
+        """Logits [R, N, L, C] of every example of the task, in the task's order."""
+        n = len(self.task)
+        chunk = max(1, EVAL_ROWS // self.size)
+        idx = torch.arange(n, device=self.device).expand(self.size, -1)
+        return torch.cat([self.forward(idx[:, s : s + chunk])[0] for s in range(0, n, chunk)], dim=1)
+
     def _spare(self) -> torch.Tensor:
         """A second gradient buffer, for gradient accumulation and the adaptive batch's two halves."""
         if self.spare_grad is None or self.spare_grad.shape != self.flat.shape:
@@ -343,18 +380,24 @@ class Pack:
         out: dict[str, torch.Tensor] = {}
         self._refresh_compute()
         chunk = max(1, EVAL_ROWS // self.size)
+        collapse = self.measures.due("stability")
         for name, idx in (("train", self.train_idx), ("val", self.val_idx)):
             # Per-example losses first, one sum at the end: chunks depend on the pack size, and a sum
             # accumulated chunk by chunk would round differently packed and solo.
             losses = torch.empty(idx.shape, dtype=torch.float64, device=self.device)
             correct = torch.zeros(self.size, device=self.device)
+            collapsed = torch.zeros(self.size, device=self.device)
             for s in range(0, idx.shape[1], chunk):
                 logits, labels = self.forward(idx[:, s : s + chunk])
+                if collapse and name == "train":
+                    collapsed += stability.softmax_collapsed(logits, self.cfg.train.loss_precision).sum(1)
                 losses[:, s : s + chunk] = per_example_loss(self.cfg.train.loss, logits, labels,
                                                             self.cfg.train.loss_precision)
                 correct += (logits.argmax(-1) == labels).all(-1).sum(1)
             out[f"{name}_loss"] = (losses.sum(1) / idx.shape[1]).float()
             out[f"{name}_acc"] = correct / idx.shape[1]
+            if collapse and name == "train":
+                out["softmax_collapse"] = collapsed / idx.shape[1]
         out["param_norm"] = self.flat.pow(2).sum(1).sqrt()
         b = self.sampler.effective(self.batch_size) * self.cfg.train.accumulate
         out["lr"] = optim.lr_at(self.hyper, max(self.step - 1, 0), self.cfg.optim.schedule,
@@ -374,6 +417,7 @@ class Pack:
                     "seconds": time.perf_counter() - self.start_time,
                     "noise_scale": self.noise.value if self.noise is not None else float("nan")}
         diverged = self.diverged_at.cpu().tolist()
+        measured = {k: v.detach().cpu().tolist() for k, v in self.measures.at_evaluation(ev).items()}
         done = []
         for r, row in enumerate(table):
             c, cfg = self.curves[r], self.configs[r]
@@ -388,12 +432,14 @@ class Pack:
                 c[k].append(v)
             for k in metrics.COUNTERS:
                 c[k].append(counters[k])
-            thr = cfg.metrics.threshold
-            if self.memorized[r] is None and row[1] >= thr:
-                self.memorized[r] = self.step
-            if self.grokked[r] is None and row[3] >= thr:
-                self.grokked[r] = self.step
-                if cfg.train.stop.after_grok > 0:
+            for k in set(measured) | (set(c) - set(measured) - {"step", *metrics.EVAL_METRICS, *metrics.COUNTERS}):
+                c.setdefault(k, [None] * (len(c["step"]) - 1)).append(measured[k][r] if k in measured else None)
+            thr, hold = cfg.metrics.threshold, cfg.metrics.hold
+            if self.memorized[r] is None:
+                self.memorized[r] = metrics.advance(self.streaks[r]["memorized"], row[1], self.step, thr, hold)
+            if self.grokked[r] is None:
+                self.grokked[r] = metrics.advance(self.streaks[r]["grokked"], row[3], self.step, thr, hold)
+                if self.grokked[r] is not None and cfg.train.stop.after_grok > 0:  # counted from the hold's end
                     self.end_step[r] = min(self.end_step[r], self.step + cfg.train.stop.after_grok)
             if self.step >= self.end_step[r] or diverged[r] >= 0:
                 done.append(r)
@@ -407,6 +453,9 @@ class Pack:
         if cfg.train.save_weights:
             weights = {"params": {k: p[r].detach().cpu().clone() for k, p in self.params.items()},
                        "buffers": {k: b[r].cpu().clone() for k, b in self.buffers.items()}}
+        m = cfg.metrics
+        stats = stability.summary(c, self.grokked[r], m.threshold, m.spike_factor, m.spike_window, m.spike_floor) \
+            if "stability" in m.measures else {}
         return RunResult(
             run_id=cfg.run_id,
             config=cfg.resolved(),
@@ -420,6 +469,7 @@ class Pack:
             curves={k: (vals if k == "step" else [_clean(v) for v in vals]) for k, vals in c.items()},
             weights=weights,
             state=self.state_dict([r]) if cfg.train.save_weights else None,
+            stats=stats,
         )
 
     def state_dict(self, runs: list[int] | None = None) -> dict[str, Any]:
@@ -447,6 +497,9 @@ class Pack:
             "sampler_gens": [self.sampler.generators[r].get_state() for r in keep],
             "sampler_buffer": self.sampler.buffer[keep],
             "dropout_gens": [self.dropout_gens[r].get_state() for r in keep],
+            "measure_gens": [self.measure_gens[r].get_state() for r in keep],
+            "streaks": [copy.deepcopy(self.streaks[r]) for r in keep],
+            "measures": self.measures.state(keep),
             "diverged_at": rows(self.diverged_at),
             "noise": None if self.noise is None else (self.noise.trace, self.noise.g2),
             "end_step": [self.end_step[r] for r in keep],
@@ -474,6 +527,10 @@ class Pack:
         self.sampler.buffer = sd["sampler_buffer"]
         for g, st in zip(self.dropout_gens, sd["dropout_gens"]):
             g.set_state(st)
+        for g, st in zip(self.measure_gens, sd["measure_gens"]):
+            g.set_state(st)
+        self.streaks = copy.deepcopy(sd["streaks"])
+        self.measures.load(sd["measures"])
         self.diverged_at = sd["diverged_at"].to(dev)
         if self.noise is not None and sd["noise"] is not None:
             self.noise.trace, self.noise.g2 = sd["noise"]
@@ -500,7 +557,9 @@ class Pack:
         self.train_idx, self.val_idx = self.train_idx[k], self.val_idx[k]
         self.dropout_p, self.diverged_at = self.dropout_p[k], self.diverged_at[k]
         self.dropout_gens = [self.dropout_gens[i] for i in keep]
-        for name in ("configs", "end_step", "curves", "memorized", "grokked"):
+        self.measure_gens = [self.measure_gens[i] for i in keep]
+        self.measures.select(keep)
+        for name in ("configs", "end_step", "curves", "memorized", "grokked", "streaks"):
             setattr(self, name, [getattr(self, name)[i] for i in keep])
 
     def _next_eval(self) -> int:

@@ -1,7 +1,8 @@
 """Events and statuses read off a run's evaluation curves.
 
 `memorized_step` / `grokked_step`: the first evaluated step where train / val accuracy reaches the
-threshold. The status of a finished run:
+threshold and stays there for `metrics.hold` consecutive evaluations (1 by default: the published
+definition, the first evaluation at or above it). The status of a finished run:
   grokked        val accuracy reached the threshold;
   memorized      train accuracy reached it, val accuracy did not;
   diverged       a loss or gradient became NaN/Inf (the run was frozen at that step);
@@ -44,3 +45,27 @@ def status(
     if len(tail) >= 2 and tail[-1] - min(tail) >= RISING:
         return "budget"
     return "failed_to_fit"
+
+
+def advance(streak: list, value: float | None, step: int, threshold: float, hold: int) -> int | None:
+    """One evaluation of an event rule: `streak` = [first step, length] of the current run of evaluations at
+    or above `threshold` (updated in place). Returns the event's step (the streak's first) once the
+    threshold has held for `hold` consecutive evaluations, else None."""
+    if value is not None and not math.isnan(value) and value >= threshold:
+        if streak[1] == 0:
+            streak[0] = step
+        streak[1] += 1
+        return streak[0] if streak[1] >= hold else None
+    streak[0], streak[1] = None, 0
+    return None
+
+
+def replay(curve: dict[str, list], threshold: float, hold: int) -> tuple[int | None, int | None, dict[str, list]]:
+    """memorized_step, grokked_step and the open streaks of a curve, evaluation by evaluation."""
+    events: dict[str, int | None] = {"memorized": None, "grokked": None}
+    streaks: dict[str, list] = {"memorized": [None, 0], "grokked": [None, 0]}
+    for i, step in enumerate(curve["step"]):
+        for event, key in (("memorized", "train_acc"), ("grokked", "val_acc")):
+            if events[event] is None:
+                events[event] = advance(streaks[event], curve[key][i], step, threshold, hold)
+    return events["memorized"], events["grokked"], streaks

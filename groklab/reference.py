@@ -114,3 +114,16 @@ def markdown() -> str:
         out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     out += ["", README_END]
     return "\n".join(out) + "\n"
+
+
+def update_readme(path: str) -> bool:
+    """Replace the README's generated block with the current reference; True if it changed (`make docs`)."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text()
+    begin, end = text.index(README_BEGIN), text.index(README_END) + len(README_END) + 1
+    new = text[:begin] + markdown() + text[end:]
+    if new != text:
+        p.write_text(new)
+    return new != text

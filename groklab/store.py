@@ -22,6 +22,7 @@ import torch
 from groklab import __version__
 from groklab.config import budget_id, flatten
 from groklab.engine import RunResult
+from groklab.metrics import EVAL_METRICS
 
 SCHEMA_VERSION = 3
 DEFAULT_PATH = "groklab.db"
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS runs (
     torch_version TEXT NOT NULL,
     device TEXT NOT NULL,
     finished_at REAL NOT NULL,
-    budget_id TEXT
+    budget_id TEXT,
+    stats TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_budget ON runs(budget_id);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -92,6 +94,7 @@ MIGRATIONS: dict[int, list[Any]] = {
     2: [
         "ALTER TABLE claims RENAME TO leases",  # leases on runs being trained; 'claims' are about grokking now
         "ALTER TABLE runs ADD COLUMN budget_id TEXT",
+        "ALTER TABLE runs ADD COLUMN stats TEXT",
         "CREATE INDEX IF NOT EXISTS runs_budget ON runs(budget_id)",
         _fill_budget_ids,
     ],
@@ -231,6 +234,8 @@ class Store:
             # wall time is not a result (it lives in the runs row); a counter never measured is no row
             if name not in ("step", "seconds") and any(v is not None for v in values)
             for step, value in zip(res.curves["step"], values)
+            # a measure is a row where it was measured; a loss or accuracy is a row at every evaluation (NULL: NaN)
+            if value is not None or name in EVAL_METRICS
         ]
         device = res.config.get("train", {}).get("device", "auto")
         if res.weights is not None:  # with the training state, so a longer budget can continue this run
@@ -242,6 +247,7 @@ class Store:
             "diverged_step": res.diverged_step, "steps_run": res.steps_run, "wall_seconds": res.wall_seconds,
             "final": json.dumps(res.final), "groklab_version": __version__, "torch_version": torch.__version__,
             "device": device, "finished_at": time.time(), "budget_id": budget_id(res.config),
+            "stats": json.dumps(res.stats),
         }
         with self.transaction():
             if replace:
@@ -347,7 +353,8 @@ class Store:
         for k in ("train_acc", "val_acc", "train_loss", "val_loss"):
             df[f"final_{k}"] = [f.get(k) for f in finals]
         flat = pd.DataFrame([flatten(c) for c in configs], index=df.index)
-        df = pd.concat([df.drop(columns=["final", "budget_id"]), flat], axis=1)
+        stats = pd.DataFrame([json.loads(x) if x else {} for x in df["stats"]], index=df.index)
+        df = pd.concat([df.drop(columns=["final", "budget_id", "stats"]), stats, flat], axis=1)
         df["config"] = configs
         for col in ("memorized_step", "grokked_step", "grok_delay", "grokked_samples", "diverged_step"):
             df[col] = df[col].astype("Int64")
@@ -377,7 +384,7 @@ class Store:
         """The JSON summary of one stored run (as `groklab run --json` prints it)."""
         row = self.conn.execute(
             "SELECT run_id, status, memorized_step, grokked_step, grok_delay, grokked_samples, grokked_seconds, "
-            "diverged_step, steps_run, wall_seconds, final, config FROM runs WHERE run_id = ?",
+            "diverged_step, steps_run, wall_seconds, final, config, stats FROM runs WHERE run_id = ?",
             (run_id,),
         ).fetchone()
         if row is None:
@@ -388,7 +395,7 @@ class Store:
         keys = ("run_id", "status", "memorized_step", "grokked_step", "grok_delay", "grokked_samples",
                 "grokked_seconds", "diverged_step", "steps_run", "wall_seconds")
         out = dict(zip(keys, row[:10]))
-        out["final"], out["config"] = json.loads(row[10]), json.loads(row[11])
+        out["final"], out["stats"], out["config"] = json.loads(row[10]), json.loads(row[12] or "{}"), json.loads(row[11])
         if out["grokked_seconds"] is not None:
             out["grokked_seconds"] = round(out["grokked_seconds"], 3)
         out["wall_seconds"] = round(out["wall_seconds"], 3)
