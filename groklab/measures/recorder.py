@@ -42,14 +42,17 @@ class Measures:
         if self.due("noise_scale"):
             out["b_simple"] = self._noise_scale()
         if self.due("sharpness"):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
             from groklab.measures import sharpness
 
             flat = p.flat.detach().clone()
-            out["sharpness"], _ = sharpness.top_eigenvalue(p.full_train_loss, flat, p.measure_gens,
-                                                           max_iters=m.sharpness_iters, tol=m.sharpness_tol)
-            if m.trace_samples:
-                out["hessian_trace"] = sharpness.hessian_trace(p.full_train_loss, flat, p.measure_gens,
-                                                               samples=m.trace_samples)
+            with sdpa_kernel([SDPBackend.MATH]):  # the fused attention kernels have no double backward
+                out["sharpness"], _ = sharpness.top_eigenvalue(p.full_train_loss, flat, p.measure_gens,
+                                                               max_iters=m.sharpness_iters, tol=m.sharpness_tol)
+                if m.trace_samples:
+                    out["hessian_trace"] = sharpness.hessian_trace(p.full_train_loss, flat, p.measure_gens,
+                                                                   samples=m.trace_samples)
         if self.due("fourier"):
             out.update(self._fourier())
         return {k: v.detach().float() for k, v in out.items()}
