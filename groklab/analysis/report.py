@@ -165,6 +165,96 @@ def plot_grok_vs_axis(runs: pd.DataFrame, axes: list[str], axis: str, path: Path
     plt.close(fig)
 
 
+# Families of measure curves (docs/measures.md) and how each panel shows them.
+MEASURE_PANELS = (
+    ("sharpness", "top Hessian eigenvalue (sharpness)", "log"),
+    ("hessian_trace", "Hessian trace (Hutchinson)", "symlog"),
+    ("b_simple", "gradient noise scale B_simple (examples)", "log"),
+    ("softmax_collapse", "softmax collapse (fraction of train examples)", "linear"),
+    ("fourier.restricted_loss", "restricted loss (Nanda et al.)", "log"),
+    ("fourier.excluded_loss", "excluded loss (Nanda et al.)", "log"),
+    ("fourier.gini_embed", "Gini of embedding Fourier norms", "linear"),
+)
+
+
+def plot_measures(runs: pd.DataFrame, curves: pd.DataFrame, axes: list[str], path: Path) -> bool:
+    """One panel per recorded measure against step, one colour per cell; sharpness beside the weight norm
+    (it scales with the weights), the noise scale beside the batch sizes in use (batches well above B_simple
+    waste samples), per-group weight norms, and val loss against the weight norm (Omnigrok's picture).
+    False if the runs recorded no measure."""
+    panels = [(k, label, scale) for k, label, scale in MEASURE_PANELS if k in curves and curves[k].notna().any()]
+    norm_cols = sorted(c for c in curves.columns if c.startswith("norm.") and curves[c].notna().any())
+    extra = (["norms"] if norm_cols else []) + (["lu"] if "param_norm" in curves else [])
+    if not panels and not norm_cols:
+        return False
+    n = len(panels) + len(extra)
+    cols = min(3, n)
+    fig, axs = plt.subplots(math.ceil(n / cols), cols, figsize=(5.2 * cols, 3.6 * math.ceil(n / cols)), squeeze=False)
+    flat = list(axs.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    cells = tables.groups(runs, axes)
+    colors = plt.get_cmap("tab10")
+
+    def each_run(draw: object) -> None:
+        for i, (key, g) in enumerate(cells):
+            for j, rid in enumerate(g["run_id"]):
+                c = curves[(curves["run_id"] == rid) & (curves["step"] > 0)]
+                draw(c, colors(i % 10), _cell_title(axes, key) if j == 0 else None)  # type: ignore[operator]
+
+    for ax, (k, label, scale) in zip(flat, panels):
+        def line(c: pd.DataFrame, col: object, lab: str | None, ax: plt.Axes = ax, k: str = k) -> None:
+            ok = c[k].notna()
+            ax.plot(c["step"][ok], c[k][ok], color=col, lw=1.1, alpha=0.8, label=lab)
+
+        each_run(line)
+        if k == "sharpness" and "param_norm" in curves:
+            twin = ax.twinx()
+            each_run(lambda c, col, lab, twin=twin: twin.plot(c["step"], c["param_norm"], color=col, lw=0.8, ls=":"))
+            twin.set_ylabel("weight norm ‖θ‖ (dotted)")
+        if k == "b_simple":
+            for b in sorted(runs["train.batch_size"].dropna().unique()):
+                ax.axhline(b, color="grey", lw=0.6, ls="--")
+                ax.text(0.99, b, f"batch {int(b)}", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
+                        fontsize=7, color="dimgrey")
+        ax.set_yscale(scale)
+        ax.set_xscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    rest = flat[len(panels) : n]
+    if "norms" in extra:
+        ax = rest.pop(0)
+        styles = ["-", "--", ":", "-.", (0, (1, 1)), (0, (3, 1, 1, 1))]
+        for i, (_key, g) in enumerate(cells):
+            rid = g["run_id"].iloc[0]  # one seed per cell: the groups' norms of every seed overlap
+            c = curves[(curves["run_id"] == rid) & (curves["step"] > 0)]
+            for j, nc in enumerate(norm_cols):
+                ax.plot(c["step"], c[nc], color=colors(i % 10), ls=styles[j % len(styles)], lw=1,
+                        label=nc.removeprefix("norm.") if i == 0 else None)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("L2 norm per parameter group")
+        ax.legend(fontsize=6, title="line style: group", title_fontsize=6)
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    if "lu" in extra:
+        ax = rest.pop(0)
+        each_run(lambda c, col, lab, ax=ax: ax.plot(c["param_norm"], c["val_loss"], color=col, lw=1, alpha=0.8))
+        ax.set_yscale("log")
+        ax.set_xlabel("weight norm ‖θ‖")
+        ax.set_ylabel("val loss")
+        ax.set_title("val loss against weight norm (Omnigrok)", fontsize=9)
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    if len(cells) > 1 and panels:
+        flat[0].legend(fontsize=7)
+    fig.suptitle("Measures per run (one colour per cell)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def report(store: Store, sweep: str | None = None, out: str | Path = "report") -> Path:
     """Write figures, tables and index.html for `sweep` (or every stored run) into `out`."""
     runs = store.runs(sweep=sweep)
@@ -184,6 +274,8 @@ def report(store: Store, sweep: str | None = None, out: str | Path = "report") -
         name = f"grok_vs_{axis.replace('.', '_')}.png"
         plot_grok_vs_axis(runs, axes, axis, out / name)
         figures.append(name)
+    if plot_measures(runs, curves, axes, out / "measures.png"):
+        figures.append("measures.png")
 
     ev = tables.events(runs, axes)
     cl = tables.cells(runs, axes)

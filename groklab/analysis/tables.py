@@ -67,8 +67,20 @@ def cells(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
             "grok_samples_median": _censored_median(g["grokked_samples"]),
             "grok_seconds_median": _censored_median(g["grokked_seconds"]),
             "budget_steps": int(g["train.steps"].max()),
+            **_stability(g),
         })
     return pd.DataFrame(rows)
+
+
+def _stability(g: pd.DataFrame) -> dict[str, Any]:
+    """Per cell, where runs recorded stability: how many grokked runs fell back below the threshold, and the
+    median number of loss spikes."""
+    out: dict[str, Any] = {}
+    if "fell_back" in g:
+        out["fell_back"] = int((g["fell_back"] == True).sum())  # noqa: E712 - None (never grokked) is not True
+    if "loss_spikes" in g:
+        out["loss_spikes_median"] = float(g["loss_spikes"].astype("float").median())
+    return out
 
 
 def _censored_median(values: pd.Series) -> float:
