@@ -172,6 +172,11 @@ class ModelConfig(_Strict):
                            "own generator; per run inside a pack")
     init_scale: float = Field(1.0, gt=0.0, description="multiplies every weight matrix and embedding at init "
                               "(Omnigrok's α); per run")
+    init: Literal["pytorch", "normal"] = Field(
+        "pytorch", description="transformer initialisation. pytorch: as nn.Embedding (N(0, 1)), "
+        "nn.MultiheadAttention and nn.Linear, the reference repositories' start (Power et al.; danielmamay); "
+        "normal: as Nanda et al. (2023), every matrix and embedding N(0, 1/width), the unembedding "
+        "N(0, 1/classes), biases 0: embeddings ~11× smaller at width 128")
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
@@ -185,6 +190,7 @@ class ModelConfig(_Strict):
         self._refuse_inapplicable("model", {
             "heads": (self.kind == "transformer", "to model.kind=transformer"),
             "mlp_ratio": (self.kind in ("transformer", "resmlp"), "to model.kind=transformer or resmlp"),
+            "init": (self.kind == "transformer", "to model.kind=transformer"),
         })
         if self.kind == "transformer" and self.width % self.heads:
             raise ValueError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from groklab.config import TrainConfig
+from groklab.measures.noise import estimates
 
 
 class BatchSampler:
@@ -52,20 +53,19 @@ class BatchSampler:
 
 
 class NoiseScale:
-    """Simple gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al., 2018), estimated
-    each step from the gradients of the two halves of the batch and of the whole batch, with
-    exponential moving averages of numerator and denominator."""
+    """The gradient noise scale B_simple = tr(Σ) / |G|² an adaptive batch schedule follows (McCandlish et al.,
+    2018; the estimators are `groklab.measures.noise.estimates`), from the gradients of the two halves of each
+    batch and of the whole batch, with exponential moving averages of numerator and denominator. Adaptive
+    runs train one per pack, so the estimate is the pack's."""
 
     def __init__(self, ema: float):
         self.ema, self.trace, self.g2 = ema, None, None
 
     def update(self, g_a: torch.Tensor, g_c: torch.Tensor, b: int) -> None:
         """g_a, g_c: flat gradients of the two halves of a batch of b examples."""
-        small = (g_a.pow(2).sum() + g_c.pow(2).sum()) / 2
-        big = ((g_a + g_c) / 2).pow(2).sum()
-        b_small, b_big = b / 2, b
-        g2 = (b_big * big - b_small * small) / (b_big - b_small)
-        trace = (small - big) / (1 / b_small - 1 / b_big)
+        whole = (g_a + g_c) / 2
+        (g2_a, tr_a), (g2_c, tr_c) = estimates(g_a, whole, b // 2, b), estimates(g_c, whole, b // 2, b)
+        g2, trace = ((g2_a + g2_c) / 2).sum(), ((tr_a + tr_c) / 2).sum()  # both halves: lower variance
         if self.g2 is None:
             self.g2, self.trace = g2, trace
         else:

@@ -114,7 +114,23 @@ def configs(draw: st.DrawFn, precision: bool = True) -> dict[str, Any]:
     """A valid tiny config as a plain dict (feed it to make_config)."""
     task = draw(tasks())
     return {"task": task, "model": draw(models(task["name"])), "optim": draw(optims()),
-            "train": draw(trains(precision)), "metrics": {"threshold": draw(st.sampled_from([0.5, 0.99]))}}
+            "train": draw(trains(precision)), "metrics": draw(measures(task))}
+
+
+@st.composite
+def measures(draw: st.DrawFn, task: dict[str, Any]) -> dict[str, Any]:
+    """The metrics section: threshold, hold and a subset of the measures with cheap settings."""
+    names = ["norms", "stability", "sharpness", "noise_scale"]
+    if task["name"] == "modular" and task["op"] == "x+y":
+        names.append("fourier")
+    on = draw(st.lists(st.sampled_from(names), unique=True, max_size=3))
+    m: dict[str, Any] = {"threshold": draw(st.sampled_from([0.5, 0.99])), "hold": draw(st.integers(1, 3)),
+                         "measures": on}
+    if "sharpness" in on:
+        m.update(sharpness_iters=draw(st.integers(1, 3)), trace_samples=draw(st.integers(0, 2)))
+    if "noise_scale" in on:
+        m["noise_batch"] = draw(st.sampled_from([2, 8, 16]))
+    return m
 
 
 @st.composite
@@ -129,6 +145,7 @@ def per_run(draw: st.DrawFn, cfg: dict[str, Any]) -> dict[str, Any]:
     out["model.dropout"] = draw(st.sampled_from([0.0, 0.1, 0.4]))
     out["train.steps"] = draw(st.integers(2, 9))
     out["metrics.threshold"] = draw(st.sampled_from([0.3, 0.9]))
+    out["metrics.hold"] = draw(st.integers(1, 3))
     out["optim.fixed_norm"] = draw(st.sampled_from([None, 15.0]))
     if o["name"] != "sgd":
         out["optim.betas"] = [draw(st.sampled_from([0.8, 0.9])), draw(st.sampled_from([0.95, 0.999]))]

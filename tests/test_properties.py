@@ -22,8 +22,6 @@ from groklab.cli import main
 from groklab.config import make_config
 from groklab.engine import Pack, RunResult, train
 
-CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm", "lr")
-
 
 def _close(a: list, b: list, tol: float) -> bool:
     return len(a) == len(b) and all(
@@ -32,9 +30,10 @@ def _close(a: list, b: list, tol: float) -> bool:
 
 
 def _same_run(a: RunResult, b: RunResult, tol: float) -> None:
-    assert a.curves["step"] == b.curves["step"]
-    for k in CURVES:
+    assert a.curves["step"] == b.curves["step"] and set(a.curves) == set(b.curves)
+    for k in set(a.curves) - {"step", "seconds"}:  # losses, accuracies, counters and every measure
         assert _close(a.curves[k], b.curves[k], tol), (k, a.curves[k], b.curves[k])
+    assert a.stats == b.stats
     assert (a.status, a.memorized_step, a.grokked_step, a.diverged_step) == (
         b.status, b.memorized_step, b.grokked_step, b.diverged_step)
 

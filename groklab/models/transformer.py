@@ -43,6 +43,13 @@ def init(cfg: ModelConfig, task: Task, g: torch.Generator) -> tuple[Params, set[
     if cfg.norm != "none":
         p["ln_f.g"], p["ln_f.b"] = torch.ones(d), torch.zeros(d)
     p["unembed.w"], p["unembed.b"] = linear_init(d, task.n_classes, g)
+    if cfg.init == "normal":  # Nanda et al.: every matrix randn/sqrt(d_model), the unembedding randn/sqrt(classes)
+        for k in p:
+            if k.endswith(".w") or k in ("tok", "pos"):
+                fan = task.n_classes if k == "unembed.w" else d
+                p[k] = torch.randn(p[k].shape, generator=g) / math.sqrt(fan)
+            elif k.endswith(".b") and ".ln" not in k and not k.startswith("ln_f"):
+                p[k] = torch.zeros_like(p[k])
     scaled = {k for k in p if k.endswith(".w") or k in ("tok", "pos")}
     return p, scaled, {}
 
