@@ -375,6 +375,7 @@ class TrainConfig(_Strict):
 
 
 MEASURES = ("norms", "stability", "sharpness", "noise_scale", "fourier")
+DEFAULT_EVALS_BETWEEN = {"sharpness": 10}  # a measure's default period, in evaluations (bench/README.md)
 
 
 class MetricsConfig(_Strict):
@@ -395,7 +396,7 @@ class MetricsConfig(_Strict):
         "al.); fourier: progress measures of Nanda et al. (modular tasks of x and y). The first two are cheap "
         "and on by default")
     every: int | None = Field(None, ge=1, description="period in steps of the measures (a multiple of "
-                              "train.eval_every; default: every evaluation)")
+                              "train.eval_every; default: every evaluation, every 10th for sharpness)")
     periods: dict[Literal["norms", "stability", "sharpness", "noise_scale", "fourier"], int] = Field(
         default_factory=dict, description="a period per measure, overriding `every`, e.g. {sharpness: 1000}")
     sharpness_iters: int = Field(20, ge=1, le=1000, description="sharpness: the cap on power iterations "
@@ -431,8 +432,9 @@ class MetricsConfig(_Strict):
         return self
 
     def period(self, measure: str, eval_every: int) -> int:
-        """Steps between two recordings of `measure`."""
-        return self.periods.get(measure, self.every or eval_every)
+        """Steps between two recordings of `measure`: its own period, else `every`, else every evaluation
+        (every 10th for sharpness, whose power iteration costs ~30 backward passes over the train set)."""
+        return self.periods.get(measure, self.every or eval_every * DEFAULT_EVALS_BETWEEN.get(measure, 1))
 
 
 class Config(_Strict):
