@@ -46,3 +46,14 @@ settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True
 settings.register_profile("long", max_examples=400, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def _same_threads_for_every_test():
+    """A test that sets --threads must not change the thread count (and so the float rounding) of the next."""
+    from groklab import threads
+
+    before, chosen = torch.get_num_threads(), threads._chosen
+    yield
+    torch.set_num_threads(before)
+    threads._chosen = chosen

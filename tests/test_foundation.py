@@ -159,12 +159,19 @@ def test_every_config_key_is_documented_and_the_readme_holds_the_generated_refer
     assert all(e.key in out for e in entries) and "allowed: adamw, adam, sgd" in out
 
 
-def test_overrides_and_flags_mix_in_any_order(micro, capsys):
-    assert main(["run", "task.modulus=23", "train.steps=4", "-q", "model.width=16", "--no-store", "model.layers=1",
-                 "--json", "--threads", "1"]) == 0
-    s = json.loads(capsys.readouterr().out)
-    assert (s["config"]["model"]["width"], s["steps_run"]) == (16, 4)
-    assert torch.get_num_threads() == 1
+def test_overrides_and_flags_mix_in_any_order(micro, capsys, monkeypatch):
+    from groklab import threads
+
+    monkeypatch.setattr(threads, "_chosen", None)
+    before = torch.get_num_threads()
+    try:
+        assert main(["run", "task.modulus=23", "train.steps=4", "-q", "model.width=16", "--no-store",
+                     "model.layers=1", "--json", "--threads", "1"]) == 0
+        s = json.loads(capsys.readouterr().out)
+        assert (s["config"]["model"]["width"], s["steps_run"]) == (16, 4)
+        assert torch.get_num_threads() == 1
+    finally:  # the rest of the suite runs on the threads it had (curves depend on the thread count)
+        torch.set_num_threads(before)
 
 
 def test_threads_from_the_environment_and_bad_values(monkeypatch, capsys):

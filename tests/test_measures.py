@@ -110,8 +110,10 @@ def test_hold_requires_consecutive_evaluations():
 
 
 def test_early_stop_waits_for_the_hold(tiny):
+    tiny["train"]["steps"] = 4000  # a budget to spare: both runs stop right after grokking
     (one,) = train([make_config(tiny)])
     tiny["metrics"] = {"hold": 3}
     (three,) = train([make_config(tiny)])
+    assert one.grokked_step is not None and three.grokked_step is not None
     assert three.grokked_step >= one.grokked_step
     assert three.steps_run == three.grokked_step + 2 * tiny["train"]["eval_every"] + tiny["train"]["stop"]["after_grok"]
