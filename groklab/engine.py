@@ -262,9 +262,9 @@ class Pack:
         return logits, self.labels[idx].view(*idx.shape, -1)
 
     def _train_loss(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], inputs: torch.Tensor,
-                    labels: torch.Tensor, drop: models.Dropout) -> torch.Tensor:
-        """Mean training loss per run [R]."""
-        logits = self._logits(params, inputs, buffers, drop, train=True)
+                    labels: torch.Tensor, drop: models.Dropout, train: bool = True) -> torch.Tensor:
+        """Mean training loss per run [R] (`train=False`: batch norm uses its running statistics)."""
+        logits = self._logits(params, inputs, buffers, drop, train=train)
         return per_example_loss(self.cfg.train.loss, logits, labels, self.cfg.train.loss_precision).mean(1).float()
 
     def _train_loss_flat(self, flat: torch.Tensor, *args: Any) -> torch.Tensor:
@@ -296,10 +296,8 @@ class Pack:
         """Mean loss [R] over each run's whole train set as a function of flat fp32 parameters [R, P],
         without dropout and with batch norm's running statistics: the loss whose Hessian sharpness is."""
         idx = self.train_idx
-        logits = models.forward(self.layout.views(flat), self.inputs[idx], self.cfg.model, self.task,
-                                models.no_dropout, dict(self.buffers), False).float()
-        labels = self.labels[idx].view(*idx.shape, -1)
-        return per_example_loss(self.cfg.train.loss, logits, labels, self.cfg.train.loss_precision).mean(1)
+        return self._train_loss(self.layout.views(flat), dict(self.buffers), self.inputs[idx],
+                                self.labels[idx].view(*idx.shape, -1), models.no_dropout, train=False)
 
     def batch_gradient(self, positions: torch.Tensor) -> torch.Tensor:
         """Gradient [R, P] of the mean train loss on train-set positions [R, b] in fp32, without dropout and
@@ -307,10 +305,8 @@ class Pack:
         idx = self.train_idx.gather(1, positions.to(self.device))
         flat = self.flat.detach().requires_grad_()
         buffers = {k: b.clone() for k, b in self.buffers.items()}
-        logits = models.forward(self.layout.views(flat), self.inputs[idx], self.cfg.model, self.task,
-                                models.no_dropout, buffers, True).float()
-        labels = self.labels[idx].view(*idx.shape, -1)
-        loss = per_example_loss(self.cfg.train.loss, logits, labels, self.cfg.train.loss_precision).mean(1)
+        loss = self._train_loss(self.layout.views(flat), buffers, self.inputs[idx], self.labels[idx].view(*idx.shape, -1),
+                                models.no_dropout)
         return torch.autograd.grad(loss.sum(), flat)[0]
 
     @torch.no_grad()

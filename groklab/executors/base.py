@@ -185,8 +185,9 @@ def extension_starts(configs: list[Config], store: Store) -> dict[str, dict[str,
     differs, and the lr schedule does not depend on it): {run_id: state}. Needs the stored run's training
     state, which `train.save_weights` (the default) keeps."""
     starts = {}
+    sources = store.shorter_runs(configs)
     for c in configs:
-        src = store.shorter_runs([c]).get(c.run_id)
+        src = sources.get(c.run_id)
         weights = store.load_weights(src) if src is not None else None
         if weights is not None and "state" in weights:
             starts[c.run_id] = checkpoint.extended(weights["state"], c)
