@@ -8,8 +8,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# Config keys that never define a cell: seeds are the repeats within a cell.
-NOT_AXES = ("train.seed", "train.device")
+# Config keys that never define a cell: seeds are the repeats within a cell, and the others change what is
+# recorded or when a run stops, not how it trains.
+NOT_AXES = ("train.seed", "train.device", "train.steps", "train.eval_every", "train.checkpoint_every",
+            "train.save_weights", "train.compile", "train.stop.after_grok", "train.init_from")
+NOT_AXES_PREFIX = ("metrics.",)
 EVENT_COLUMNS = ["run_id", "sweeps", "status", "memorized_step", "grokked_step", "grok_delay", "grokked_samples",
                  "grokked_seconds", "steps_run", "final_train_acc", "final_val_acc", "wall_seconds"]
 
@@ -28,7 +31,7 @@ def groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFram
 
 def varying_axes(runs: pd.DataFrame) -> list[str]:
     """Config columns whose values differ between runs (the axes of a store without a sweep)."""
-    cfg_cols = [c for c in runs.columns if "." in c and c not in NOT_AXES]
+    cfg_cols = [c for c in runs.columns if "." in c and c not in NOT_AXES and not c.startswith(NOT_AXES_PREFIX)]
     return [c for c in cfg_cols if runs[c].map(hashable).nunique(dropna=False) > 1]
 
 
