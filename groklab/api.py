@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from groklab import threads
+from groklab.analysis import phases
 from groklab.config import Config, ConfigError, make_config
 from groklab.executors.base import Executor
 from groklab.executors.local import LocalExecutor, train_runs
@@ -65,6 +66,7 @@ def sweep(
     changed). A run that differs from a stored one only in a larger `train.steps` continues it. `n_threads`:
     CPU threads (default $GROKLAB_THREADS, else the idle cores; see groklab.threads)."""
     spec = load_spec(spec, overrides)
+    phases.rule_from(spec.analysis, f"sweep {spec.name}: analysis")  # a bad analysis section fails before training
     configs = expand(spec)
     group(configs, pack_size)  # validate pack_size before touching the store
     if workers is None:

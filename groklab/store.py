@@ -24,7 +24,7 @@ from groklab.config import budget_id, flatten
 from groklab.engine import RunResult
 from groklab.metrics import EVAL_METRICS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_PATH = "groklab.db"
 
 SCHEMA = """
@@ -69,6 +69,14 @@ CREATE TABLE IF NOT EXISTS leases (
     pid INTEGER NOT NULL,
     heartbeat REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS verdicts (
+    file TEXT NOT NULL,
+    scale TEXT NOT NULL,
+    claim TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (file, scale, claim)
+);
 CREATE TABLE IF NOT EXISTS sweep_runs (
     sweep TEXT NOT NULL REFERENCES sweeps(name) ON DELETE CASCADE,
     run_id TEXT NOT NULL,
@@ -97,6 +105,10 @@ MIGRATIONS: dict[int, list[Any]] = {
         "ALTER TABLE runs ADD COLUMN stats TEXT",
         "CREATE INDEX IF NOT EXISTS runs_budget ON runs(budget_id)",
         _fill_budget_ids,
+    ],
+    3: [
+        "CREATE TABLE IF NOT EXISTS verdicts (file TEXT NOT NULL, scale TEXT NOT NULL, claim TEXT NOT NULL, "
+        "verdict TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (file, scale, claim))",
     ],
 }
 
@@ -278,6 +290,23 @@ class Store:
         old = json.loads(row[0]) if row else None
         changed = [] if old is None else _spec_changes(old, spec)
         return SweepChange(name, old is None, changed, len(set(ids) - before), len(before - set(ids)))
+
+    def write_verdicts(self, file: str, scale: str, verdicts: list[dict[str, Any]]) -> None:
+        """Store the verdicts of a hypotheses file at a scale, replacing that file's earlier ones there."""
+        now = time.time()
+        with self.transaction():
+            self.conn.execute("DELETE FROM verdicts WHERE file = ? AND scale = ?", (file, scale))
+            self.conn.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?, ?)",
+                                  [(file, scale, v["id"], json.dumps(v, sort_keys=True), now) for v in verdicts])
+
+    def verdicts(self, file: str | None = None, scale: str | None = None) -> list[dict[str, Any]]:
+        """Stored verdicts (in the order they were written), optionally of one file and scale."""
+        q, args = "SELECT verdict FROM verdicts WHERE 1=1", []
+        for col, val in (("file", file), ("scale", scale)):
+            if val is not None:
+                q += f" AND {col} = ?"
+                args.append(val)
+        return [json.loads(r[0]) for r in self.conn.execute(q + " ORDER BY created_at, rowid", args)]
 
     # ---- leases: which process trains which run ---------------------------------------------------
     @property

@@ -69,6 +69,9 @@ class SweepSpec(BaseModel):
     random: dict[str, RandomAxis] = Field(default_factory=dict)
     samples: int = Field(0, ge=0)
     sample_seed: int = 0
+    # Settings of the analysis of this sweep's runs (e.g. `{phases: {delay: 500}}`); they change no run, so
+    # they are checked by groklab.analysis (groklab.sweep() does so before training), not here.
+    analysis: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

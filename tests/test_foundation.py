@@ -16,6 +16,7 @@ from groklab.cli import main
 from groklab.config import ConfigError, make_config
 from groklab.engine import Pack, train
 from groklab.sweep import expand, load_spec
+from groklab.store import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,8 +230,8 @@ def test_a_version_2_store_is_migrated_claims_become_leases(tmp_path, micro):
     con.close()
     st = groklab.open_store(db)
     tables = {r[0] for r in st.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert "leases" in tables and "claims" not in tables
-    assert st.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3"
+    assert "leases" in tables and "claims" not in tables and "verdicts" in tables
+    assert st.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     assert st.conn.execute("SELECT owner FROM leases").fetchone()[0] == "someone"
     assert st.shorter_runs([make_config(micro, {"train.steps": 80})]) == {make_config(micro, {"train.steps": 80}).run_id:
                                                                            "old"}

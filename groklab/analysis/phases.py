@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from groklab.config import ConfigError
 
 PHASES = ("comprehension", "grokking", "memorization", "confusion")
 # One colour per phase in every figure: green generalizes at once, blue late, orange never, grey fits nothing.
@@ -41,6 +43,22 @@ class PhaseRule(BaseModel):
                               "grokking rather than comprehension; default: `delay_fraction` of the run's budget")
     delay_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="the delay as a fraction of the budget when "
                                   "`delay` is not given (Liu et al.: 1,000 of 10,000 steps)")
+
+
+def rule_from(analysis: dict | None, where: str = "analysis") -> PhaseRule:
+    """The PhaseRule of an `analysis:` section (`{phases: {...}}`); a ConfigError naming the key otherwise."""
+    analysis = analysis or {}
+    unknown = set(analysis) - {"phases"}
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key; allowed: phases")
+    try:
+        return PhaseRule.model_validate(analysis.get("phases") or {})
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        msg = (f"unknown key; allowed: {', '.join(PhaseRule.model_fields)}" if err["type"] == "extra_forbidden"
+               else err["msg"])
+        raise ConfigError(f"{where}.phases.{key}: {msg}") from None
 
 
 def first_step(steps: np.ndarray, values: np.ndarray, threshold: float) -> float:
