@@ -4,6 +4,7 @@
     summary = groklab.run({"task": {"modulus": 23}}, overrides=["optim.weight_decay=1.0"])
     runs = groklab.sweep("examples/wd_sweep.yaml")          # pandas DataFrame, one row per run
     store = groklab.open_store("groklab.db"); store.curves()  # every stored curve
+    verdicts = groklab.verify("hypotheses/brief.yaml")       # claims decided: supported / contradicted / ...
 """
 
 __version__ = "0.2.0"
@@ -22,6 +23,15 @@ def report(store: "Store | str" = "groklab.db", sweep: str | None = None, out: s
     return str(_report(st, sweep=sweep, out=out))
 
 
+def verify(hypotheses: str, scale: str = "small", store: "Store | str" = "groklab.db", out: str | None = None,
+           train: bool = True, progress: bool = False) -> list[dict]:
+    """Decide every claim of a hypotheses file: run the sweeps it needs (stored runs are reused), store and
+    return the verdicts (one dict per claim); `out` also writes the report. See docs/hypotheses.md."""
+    from groklab.verify import verify as _verify
+
+    return _verify(hypotheses, scale=scale, store=store, out=out, train=train, progress=progress)
+
+
 def export(store: "Store | str" = "groklab.db", out: str = "export", sweep: str | None = None,
            formats: tuple[str, ...] = ("csv",), tensorboard: str | None = None) -> dict[str, int]:
     """Write runs and metrics tables (csv / parquet) and optionally TensorBoard logs; return row counts."""
@@ -33,5 +43,5 @@ def export(store: "Store | str" = "groklab.db", out: str = "export", sweep: str 
 
 __all__ = [
     "Config", "ConfigError", "Store", "export", "StoreError", "SweepSpec", "load_spec", "make_config",
-    "open_store", "report", "run", "sweep", "__version__",
+    "open_store", "report", "run", "sweep", "verify", "__version__",
 ]

@@ -1,4 +1,4 @@
-"""`groklab` command line: run, sweep, report, ls, show, export.
+"""`groklab` command line: run, sweep, report, verify, ls, show, export.
 
 Exit codes: 0 ok, 2 bad input (the message names the key and what is allowed), 1 internal error.
 """
@@ -82,6 +82,34 @@ def cmd_report(a: argparse.Namespace) -> int:
         out = report(st, sweep=a.sweep, out=a.output)
     print(f"report written to {out}/index.html")
     return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from groklab.verify import verify
+
+    _threads(a)
+    rows = verify(a.hypotheses, scale=a.scale, store=a.store, out=a.output, train=not a.no_train,
+                  progress=not a.quiet, workers=a.workers)
+    if a.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    width = max(len(r["id"]) for r in rows)
+    for r in rows:
+        line = f"{r['id']:<{width}}  {r['verdict']:<12}  "
+        if r["verdict"] == "untestable":
+            line += r["reason"]
+        else:
+            line += f"{r['effect']}; p(Holm) {_p(r.get('p_holm'))}"
+            if r.get("seeds_needed"):
+                line += f"; ~{r['seeds_needed']} seeds/condition would decide it"
+        print(line)
+    if a.output:
+        print(f"report written to {a.output}/index.html")
+    return 0
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def cmd_ls(a: argparse.Namespace) -> int:
@@ -196,6 +224,22 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--sweep", default=None, help="report one sweep (default: every run in the store)")
     rp.add_argument("-o", "--output", default="report", help="output folder (default: ./report)")
     rp.set_defaults(func=cmd_report)
+
+    vf = sub.add_parser("verify", help="decide the claims of a hypotheses file: run its sweeps, print verdicts",
+                        description="Run the sweeps HYPOTHESES.yaml needs (stored runs are reused), decide every "
+                                    "claim (supported / contradicted / inconclusive) and store the verdicts.")
+    vf.add_argument("hypotheses", metavar="HYPOTHESES.yaml")
+    store_arg(vf)
+    vf.add_argument("--scale", default="small", choices=["small", "full"],
+                    help="the sweep sizes each sweep declares (default: small)")
+    vf.add_argument("-o", "--output", default=None, help="also write the report (verdicts, figures) to this folder")
+    vf.add_argument("--json", action="store_true", help="print the verdicts as JSON on stdout")
+    vf.add_argument("--no-train", action="store_true",
+                    help="decide from stored runs only; an error names any sweep with runs missing")
+    vf.add_argument("--workers", type=int, default=None, help="local worker processes (as in `sweep`)")
+    vf.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    threads_arg(vf)
+    vf.set_defaults(func=cmd_verify)
 
     ls = sub.add_parser("ls", help="list stored runs")
     store_arg(ls)

@@ -82,7 +82,10 @@ def test_median_time():
     # a bigger sample gets a finite interval around its median
     t = np.arange(1, 41) * 10.0
     m = median_time(t, np.ones(40, bool))
-    assert m.value == 200 and 100 < m.low < 200 < m.high < 300
+    assert m.value == 205 and 100 < m.low < 205 < m.high < 300  # an even sample: the middle of the 0.5 stretch
+    # two seeds: one grokked is no median (the other may never grok); both grokked is their mean, not the minimum
+    assert median_time([400, 1000], [1, 0]).value == math.inf
+    assert median_time([400, 600], [1, 1]).value == 500
 
 
 def test_rmst():

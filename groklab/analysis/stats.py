@@ -112,8 +112,12 @@ def survival(time: ArrayLike, observed: ArrayLike) -> pd.DataFrame:
 
 
 def median_time(time: ArrayLike, observed: ArrayLike) -> Estimate:
-    """KM median time to grok (first time the curve is <= 0.5; inf if it never is) with a 95% interval.
+    """KM median time to grok with a 95% interval; inf when it is not reached.
 
+    The median is the first time the curve is below 0.5. Where the curve sits exactly at 0.5 over a stretch,
+    it is the middle of that stretch (R `survival`'s convention), and not reached when the stretch lasts to
+    the end of follow-up: with two seeds, one grokked gives no median (the other may never grok), and both
+    grokked give their mean, not the earlier one.
     The interval is read off the pointwise band where it crosses 0.5 (Brookmeyer–Crowley style): the lower
     band falls to 0.5 first and gives the low end, the upper band gives the high end (inf if it stays above).
     """
@@ -121,12 +125,21 @@ def median_time(time: ArrayLike, observed: ArrayLike) -> Estimate:
     if t.size == 0:
         return Estimate(nan, nan, nan, n=0)
     sv = survival(time, observed)
+    times, s = sv["time"].to_numpy(), sv["not_grokked"].to_numpy()
 
     def first(col: str) -> float:
         hit = sv["time"][sv[col] <= 0.5]
         return float(hit.iloc[0]) if len(hit) else inf
 
-    return Estimate(first("not_grokked"), first("low"), first("high"), n=int(t.size))
+    at = np.flatnonzero(s <= 0.5 + 1e-12)
+    if not len(at):
+        median = inf
+    elif abs(s[at[0]] - 0.5) > 1e-12:
+        median = float(times[at[0]])
+    else:
+        below = np.flatnonzero(s < 0.5 - 1e-12)
+        median = (float(times[at[0]]) + float(times[below[0]])) / 2 if len(below) else inf
+    return Estimate(median, min(first("low"), median), max(first("high"), median), n=int(t.size))
 
 
 def rmst(time: ArrayLike, observed: ArrayLike, tau: float) -> float:

@@ -1,12 +1,16 @@
-"""Tables from the store: swept axes, per-run events, per-cell statistics over seeds."""
+"""Tables from the store: swept axes, per-run events, per-cell statistics over seeds (survival-aware)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from groklab.analysis import outcomes, page, stats
+from groklab.analysis.phases import majority
 
 # Config keys that never define a cell: seeds are the repeats within a cell, and the others change what is
 # recorded or when a run stops, not how it trains.
@@ -35,44 +39,64 @@ def varying_axes(runs: pd.DataFrame) -> list[str]:
     return [c for c in cfg_cols if runs[c].map(hashable).nunique(dropna=False) > 1]
 
 
-def events(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """One row per run: the swept values, the seed, events and final accuracies."""
-    cols = axes + ["train.seed"] + EVENT_COLUMNS
+def events(runs: pd.DataFrame, axes: list[str], phases: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per run: the swept values, the seed, events and final accuracies (and the run's phase if given,
+    aligned with `runs` by position)."""
+    cols = axes + ["train.seed"] + [c for c in EVENT_COLUMNS if c in runs]
     out = runs[cols].copy()
     for a in axes:
         out[a] = out[a].map(hashable)
+    if phases is not None:
+        out.insert(len(axes) + 3, "phase", list(phases))
     return out.sort_values(axes + ["train.seed"]).reset_index(drop=True)
 
 
-def cells(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """Per cell (a combination of swept values): seeds, how many grokked, grok-step statistics.
+# Time measures summarised per cell by their Kaplan–Meier median: (measure in outcomes, column prefix).
+KM_COLUMNS = (("grokked_step", "grok_step"), ("grokked_samples", "grok_samples"), ("grokked_seconds", "grok_seconds"),
+              ("memorized_step", "memorized_step"))
 
-    Runs that never grokked count as +inf in the median and quartiles (they are right-censored at
-    their budget), so a cell where most seeds failed has no finite median instead of a flattering one.
+
+def cells(runs: pd.DataFrame, axes: list[str], curves: pd.DataFrame | None = None,
+          phases: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per cell (a combination of swept values): seeds, how many grokked (with a Wilson 95% interval), the
+    Kaplan–Meier median time to grok in steps, samples and wall seconds with its 95% interval, the mean grok
+    delay and final val accuracy with bootstrap 95% intervals, and the majority phase when `phases` is given.
+
+    A run that never grokked is censored at its own budget (outcomes.time_to_event), never dropped and never
+    +inf; a cell where fewer than half grokked has no median: inf here, "not reached" on a page. `curves`
+    gives the samples a run had seen under a batch schedule; without them samples are steps × batch.
     """
+    keyed = runs if phases is None else runs.assign(_phase=list(phases))
     rows = []
-    for key, g in groups(runs, axes):
-        grok = g["grokked_step"].astype("float").fillna(np.inf).to_numpy()
-        mem = g["memorized_step"].astype("float").dropna().to_numpy()
-        finite = grok[np.isfinite(grok)]
-        q25, q50, q75 = np.quantile(grok, [0.25, 0.5, 0.75], method="inverted_cdf") if len(grok) else [np.nan] * 3
-        rows.append({
-            **dict(zip(axes, key)),
-            "seeds": len(g),
-            "grokked": int(np.isfinite(grok).sum()),
-            "diverged": int((g["status"] == "diverged").sum()),
-            "grok_step_median": q50,
-            "grok_step_q25": q25,
-            "grok_step_q75": q75,
-            "grok_step_min": finite.min() if len(finite) else np.nan,
-            "grok_step_max": finite.max() if len(finite) else np.nan,
-            "memorized_step_median": float(np.median(mem)) if len(mem) else np.nan,
-            "grok_samples_median": _censored_median(g["grokked_samples"]),
-            "grok_seconds_median": _censored_median(g["grokked_seconds"]),
-            "budget_steps": int(g["train.steps"].max()),
-            **_stability(g),
-        })
+    for key, g in groups(keyed, axes):
+        rows.append({**dict(zip(axes, key)), **_cell(g, curves)})
     return pd.DataFrame(rows)
+
+
+def _median(g: pd.DataFrame, measure: str, curves: pd.DataFrame | None) -> stats.Estimate:
+    t, o = outcomes.time_to_event(g, measure, curves)
+    keep = np.isfinite(t)  # a run without a wall time (older stores) cannot be placed
+    return stats.median_time(t[keep], o[keep])
+
+
+def _cell(g: pd.DataFrame, curves: pd.DataFrame | None) -> dict[str, Any]:
+    grokked = int(g["grokked_step"].notna().sum())
+    frac = stats.fraction(grokked, len(g))
+    out: dict[str, Any] = {"seeds": len(g), "grokked": grokked, "diverged": int((g["status"] == "diverged").sum()),
+                           "grokked_fraction": frac.value, "grokked_fraction_low": frac.low,
+                           "grokked_fraction_high": frac.high}
+    for measure, name in KM_COLUMNS:
+        est = _median(g, measure, curves)
+        out.update({f"{name}_median": est.value, f"{name}_low": est.low, f"{name}_high": est.high})
+    for column, name in (("grok_delay", "grok_delay_mean"), ("final_val_acc", "final_val_acc_mean")):
+        est = stats.bootstrap(g[column].astype("float")) if column in g else stats.Estimate(np.nan, np.nan, np.nan)
+        out.update({name: est.value, f"{name.removesuffix('_mean')}_low": est.low,
+                    f"{name.removesuffix('_mean')}_high": est.high})
+    out["budget_steps"] = int(g["train.steps"].max())
+    if "_phase" in g:
+        phase, agree = majority(g["_phase"])
+        out.update({"phase": phase, "phase_agree": agree})
+    return {**out, **_stability(g)}
 
 
 def _stability(g: pd.DataFrame) -> dict[str, Any]:
@@ -86,21 +110,17 @@ def _stability(g: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _censored_median(values: pd.Series) -> float:
-    v = values.astype("float").fillna(np.inf).to_numpy()
-    return float(np.quantile(v, 0.5, method="inverted_cdf")) if len(v) else np.nan
+def to_markdown(df: pd.DataFrame, formats: dict[str, str] | None = None) -> str:
+    """A GitHub-style table without extra dependencies, numbers formatted for people as on the page
+    (page.fmt: 11,600; "not reached" for a median never reached; "–" for missing)."""
+    formats = formats or {}
+    kinds = {c: formats.get(c, page.kind_of(str(c))) for c in df.columns}
 
+    def cell(v: Any, kind: str) -> str:
+        return page.fmt(v, kind).replace("|", "\\|")
 
-def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-style table without extra dependencies."""
-    def fmt(v: Any) -> str:
-        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-            return "–"
-        if isinstance(v, float):
-            return "never" if np.isinf(v) else f"{v:.4g}"
-        return str(v)
-
-    header = "| " + " | ".join(df.columns) + " |"
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    body = ["| " + " | ".join(cell(v, kinds[c]) for c, v in zip(df.columns, row)) + " |"
+            for row in df.itertuples(index=False)]
     return "\n".join([header, sep, *body]) + "\n"
