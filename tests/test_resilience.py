@@ -14,6 +14,7 @@ from storeutil import make_newer_store, rows_hash
 
 import groklab
 from groklab.cli import main
+from groklab.store import SCHEMA_VERSION
 
 SPEC = {
     "name": "res",
@@ -209,7 +210,7 @@ def test_v1_store_is_migrated_in_place(tmp_path):
     """)
     con.close()
     st = groklab.open_store(db)
-    assert st.conn.execute("SELECT value FROM meta").fetchone()[0] == "3"
+    assert st.conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
     s = st.summary("abc")
     assert s["grokked_step"] == 10 and s["grokked_samples"] is None
     assert st.metrics()["value"].tolist() == [1.0]
