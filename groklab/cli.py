@@ -72,6 +72,7 @@ def cmd_config(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from groklab.analysis import verdicts
     from groklab.analysis.report import report
     from groklab.store import open_store
 
@@ -79,7 +80,10 @@ def cmd_report(a: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o/--output: {str(out)!r} is an existing file; name a folder (new or existing)")
     with open_store(a.store) as st:
-        out = report(st, sweep=a.sweep, out=a.output)
+        # Claims verified on this sweep (groklab verify) are shown with their verdicts, from the store.
+        tested = [v for v in st.verdicts() if a.sweep is not None and v.get("sweep") == a.sweep]
+        sections = [verdicts.section(tested, None, "Verdicts of claims tested on this sweep")] if tested else []
+        out = report(st, sweep=a.sweep, out=a.output, sections=sections)
     print(f"report written to {out}/index.html")
     return 0
 
@@ -102,6 +106,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
             line += f"{r['effect']}; p(Holm) {_p(r.get('p_holm'))}"
             if r.get("seeds_needed"):
                 line += f"; ~{r['seeds_needed']} seeds/condition would decide it"
+            if a.output:
+                line += f"; figure {a.output}/claims/claim_{r['id']}.png"
         print(line)
     if a.output:
         print(f"report written to {a.output}/index.html")

@@ -181,3 +181,7 @@ def test_verify_decides_stores_and_reproduces_without_training(tmp_path, capsys)
     # --no-train on a scale never trained names the sweep and exits 2, the store untouched
     assert main(["verify", str(path), "--store", str(db), "--no-train", "--scale", "full"]) == 2
     assert "tiny.wd.full" in capsys.readouterr().err
+    # the sweep's report shows the verdicts of the claims tested on it, from the store
+    assert main(["report", "--store", str(db), "--sweep", "tiny.wd.small", "-o", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "decay-sooner" in page and "supported" in page and "contradicted" in page
