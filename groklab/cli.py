@@ -93,7 +93,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
     _threads(a)
     rows = verify(a.hypotheses, scale=a.scale, store=a.store, out=a.output, train=not a.no_train,
-                  progress=not a.quiet, workers=a.workers)
+                  progress=not a.quiet, workers=a.workers, markdown=a.markdown)
     if a.json:
         print(json.dumps(rows, indent=1, default=str))
         return 0
@@ -240,6 +240,8 @@ def parser() -> argparse.ArgumentParser:
                     help="the sweep sizes each sweep declares (default: small)")
     vf.add_argument("-o", "--output", default=None, help="also write the report (verdicts, figures) to this folder")
     vf.add_argument("--json", action="store_true", help="print the verdicts as JSON on stdout")
+    vf.add_argument("--markdown", default=None, metavar="FILE",
+                    help="also write the verdicts as Markdown (claim figures in FILE's folder, <name>_figures/)")
     vf.add_argument("--no-train", action="store_true",
                     help="decide from stored runs only; an error names any sweep with runs missing")
     vf.add_argument("--workers", type=int, default=None, help="local worker processes (as in `sweep`)")

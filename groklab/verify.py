@@ -22,12 +22,14 @@ def verify(
     progress: bool = False,
     n_threads: int | None = None,
     workers: int | None = None,
+    markdown: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Verdicts of every claim of the file at `scale` ('small' or 'full'), stored in the store.
 
     `train=False` decides from stored runs only (an error names a sweep with runs missing), so a stored
     verdict can be reproduced without training. `out`: a folder for the report (verdicts first, then one
-    report per sweep, linked)."""
+    report per sweep, linked). `markdown`: also write the verdicts as a Markdown file, with each claim's figure
+    (PNG) in a folder beside it (<name>_figures)."""
     hf = hypotheses.load(path)
     st = store if isinstance(store, Store) else Store(store)
     keys = list(dict.fromkeys(c.sweep for c in hf.claims if c.sweep is not None))
@@ -43,7 +45,21 @@ def verify(
     st.write_verdicts(hf.name, scale, rows)
     if out is not None:
         write_report(hf, scale, rows, data, st, Path(out))
+    if markdown is not None:
+        write_markdown(hf, scale, rows, data, Path(markdown))
     return rows
+
+
+def write_markdown(hf: hypotheses.HypothesesFile, scale: str, rows: list[dict], data: dict, path: Path) -> Path:
+    """The verdicts as Markdown at `path`, claim figures in <stem>_figures/ beside it."""
+    figs = path.parent / f"{path.stem}_figures"
+    for row in rows:
+        if row["verdict"] != "untestable":
+            verdicts.claim_figure(row, data[row["id"]], figs / f"claim_{row['id']}", formats=("png",))
+    source = hf.path if hf.path is not None else "HYPOTHESES.yaml"
+    command = f"groklab verify {source} --scale {scale}"
+    path.write_text(verdicts.markdown(rows, figs.name, command))
+    return path
 
 
 def _check_stored(st: Store, spec: dict[str, Any]) -> None:

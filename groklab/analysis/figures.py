@@ -68,18 +68,18 @@ def condition_colors(labels: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def save(fig: plt.Figure, base: Path) -> list[Path]:
-    """Write base.png and base.svg, close the figure, return [png, svg]."""
+def save(fig: plt.Figure, base: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+    """Write base.png and base.svg (or the given formats), close the figure, return the paths."""
     base = Path(base)
     if base.suffix in (".png", ".svg"):
         base = base.with_suffix("")
     base.parent.mkdir(parents=True, exist_ok=True)
-    png, svg = base.parent / f"{base.name}.png", base.parent / f"{base.name}.svg"
+    paths = [base.parent / f"{base.name}.{fmt}" for fmt in formats]
     with style():
-        fig.savefig(png, dpi=DPI, bbox_inches="tight")
-        fig.savefig(svg, bbox_inches="tight")
+        for path in paths:
+            fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-    return [png, svg]
+    return paths
 
 
 def log_steps(ax: plt.Axes, label: str | None = UNITS["step"]) -> None:

@@ -19,7 +19,7 @@ def _condition(cond: dict[str, Any] | None) -> str:
     return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in (cond or {}).items()) or "all"
 
 
-def claim_figure(verdict: dict, data: dict, base: Path) -> list[Path]:
+def claim_figure(verdict: dict, data: dict, base: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
     """The figure behind one claim's verdict: the data its statistic used, with the estimate in the title."""
     kind, measure, stat = verdict["kind"], verdict["measure"], verdict["statistic"]
     ylabel = outcomes.label(measure)
@@ -48,7 +48,7 @@ def claim_figure(verdict: dict, data: dict, base: Path) -> list[Path]:
                                     time=kind == "time")
         ax.set_title(f"{verdict['id']}: {verdict['verdict']}\n{verdict['effect']}", fontsize=9)
         fig.tight_layout()
-        return figures.save(fig, base)
+        return figures.save(fig, base, formats)
 
 
 def _unit(measure: str) -> str:
@@ -99,3 +99,31 @@ def _interval(v: dict) -> str:
 
 def _g(x: float | None) -> str:
     return "–" if x is None else f"{x:+.3g}"
+
+
+def markdown(verdicts: list[dict], figures_dir: str | None, command: str) -> str:
+    """The verdicts as Markdown: a summary table, then one section per claim with its numbers, its figure
+    (`figures_dir/claim_<id>.png`, relative to the Markdown file) and the command that reproduces it."""
+    lines = ["| claim | verdict | estimate [95% interval] | p (Holm) | runs | seeds needed |", "|---|---|---|---|---|---|"]
+    for v in verdicts:
+        lines.append(f"| [{v['id']}](#{v['id']}) | **{v['verdict']}** | {_interval(v)} | {page.fmt(v.get('p_holm'), 'p')} "
+                     f"| {v.get('n_runs') or '–'} | {v.get('seeds_needed') or '–'} |")
+    for v in verdicts:
+        lines += ["", f"### {v['id']}", "", f"> {v['claim']}" + (f" ({v['source']})" if v.get("source") else ""), "",
+                  f"**{v['verdict']}**."]
+        if v["verdict"] == "untestable":
+            lines[-1] += f" {v['reason']}"
+            continue
+        lines[-1] += (f" {v['effect']}; p = {page.fmt(v.get('p'), 'p')}, after Holm {page.fmt(v.get('p_holm'), 'p')}; "
+                      f"{v['n_runs']} runs, {v['seeds']} seeds per condition, sweep `{v['sweep']}`.")
+        if v.get("seeds_needed"):
+            lines[-1] += f" A decisive answer at this effect would need about {v['seeds_needed']} seeds per condition."
+        test = (f"{v['statistic']} of {outcomes.label(v['measure'])}" + (f" against `{v['axis']}`" if v.get("axis") else "")
+                + (f", a = {_condition(v['a'])}, b = {_condition(v['b'])}" if v.get("a") else "")
+                + (f", only {_condition(v['where'])}" if v.get("where") else "")
+                + f"; claimed: {v['direction']}; α = {v['alpha']}; smallest effect that matters {v['min_effect']}.")
+        lines += ["", f"Test: {test}"]
+        if figures_dir is not None:
+            lines += ["", f"![{v['id']}]({figures_dir}/claim_{v['id']}.png)"]
+    lines += ["", f"Reproduce: `{command}`"]
+    return "\n".join(lines) + "\n"
