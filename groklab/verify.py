@@ -53,6 +53,7 @@ def verify(
 def write_markdown(hf: hypotheses.HypothesesFile, scale: str, rows: list[dict], data: dict, path: Path) -> Path:
     """The verdicts as Markdown at `path`, claim figures in <stem>_figures/ beside it."""
     figs = path.parent / f"{path.stem}_figures"
+    path.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:
         if row["verdict"] != "untestable":
             verdicts.claim_figure(row, data[row["id"]], figs / f"claim_{row['id']}", formats=("png",))

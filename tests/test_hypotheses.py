@@ -186,7 +186,6 @@ def test_verify_decides_stores_and_reproduces_without_training(tmp_path, capsys)
     page = (tmp_path / "r" / "index.html").read_text()
     assert "decay-sooner" in page and "supported" in page and "contradicted" in page
     # and as Markdown, with each tested claim's figure beside it
-    (tmp_path / "md").mkdir()
     verify(path, store=db, train=False, markdown=tmp_path / "md" / "findings.md")
     md = (tmp_path / "md" / "findings.md").read_text()
     assert "### decay-sooner" in md and "**supported**" in md and "findings_figures/claim_decay-sooner.png" in md
