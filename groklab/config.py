@@ -12,10 +12,19 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 MODULAR_OPS = (
     "x+y",
@@ -85,7 +94,7 @@ class TaskConfig(_Strict):
         "strings, label = parity of the first k bits (sparse parity); sequence: every sequence of `length` symbols, "
         "input `[a1..aL, =, q1..qL]`, the L answers read at the query positions, correct only if all L are; digits: "
         "scikit-learn's bundled 8×8 digits (1,797 images, 10 classes, no download; needs `groklab[digits]`), "
-        "mlp / resmlp only")
+        "mlp, resmlp or cnn")
     op: str | None = Field(
         None, description="the operation. modular: " + " ".join(f"`{o}`" for o in MODULAR_OPS) + " (`x/y` skips "
         "y = 0); s5: " + " ".join(f"`{o}`" for o in S5_OPS) + "; sequence: `sort` `reverse` `copy`. Default "
@@ -146,28 +155,55 @@ class TaskConfig(_Strict):
         return {"s5": 14_400, "parity": 2**self.bits, "sequence": self.symbols**self.length, "digits": 1797}[self.name]
 
 
-NORMS = {"transformer": ("post", "pre", "none"), "mlp": ("none", "batch", "layer"), "resmlp": ("none", "batch", "layer")}
+NORMS = {"transformer": ("post", "pre", "none"), "mlp": ("none", "batch", "layer"), "resmlp": ("none", "batch", "layer"),
+         "cnn": ("none", "batch"), "rnn": ("none",)}
 FEATURE_TASKS = ("digits",)
 FOURIER_OPS = ("x+y",)  # the progress measures of Nanda et al. read the cos/sin(w(a+b)) directions
+IMAGE_TASKS = {"digits": (1, 8, 8)}  # feature tasks whose features are images: (channels, height, width)
+TOKEN_MODELS = ("transformer", "rnn")  # models that read token ids, not features
+CNN_KEYS, RNN_KEYS = ("channels", "kernel_size", "pool"), ("cell",)
+
+
+def models_for(task: str) -> tuple[str, ...]:
+    """The model kinds that can learn task `task`."""
+    if task in FEATURE_TASKS:
+        return ("mlp", "resmlp", "cnn") if task in IMAGE_TASKS else ("mlp", "resmlp")
+    return ("transformer", "mlp", "resmlp", "rnn")
 
 
 class ModelConfig(_Strict):
     """The network; every parameter carries a leading run axis inside a pack."""
 
-    kind: Literal["transformer", "mlp", "resmlp"] = Field(
+    kind: Literal["transformer", "mlp", "resmlp", "cnn", "rnn"] = Field(
         "transformer", description="transformer: decoder-only, reads the answer at `=` (token tasks only); mlp: "
         "MLP on the concatenated operand embeddings (or the features); resmlp: residual MLP, pre-norm blocks "
-        "h + W2·act(W1·norm(h))")
-    layers: int = Field(2, ge=1, le=64, description="transformer blocks, MLP hidden layers, or residual blocks")
-    width: int = Field(128, ge=1, le=65536, description="model width (divisible by `heads` for the transformer)")
+        "h + W2·act(W1·norm(h)); cnn: conv layers (`channels`) and a linear head (image tasks: digits); rnn: "
+        "token embeddings, `layers` recurrent layers of `width` (`cell`), read out at the answer positions "
+        "(token tasks only)")
+    layers: int = Field(2, ge=1, le=64, description="transformer blocks, MLP hidden layers, residual blocks or "
+                        "recurrent layers (not cnn: one conv layer per entry of `channels`)")
+    width: int = Field(128, ge=1, le=65536, description="model width (divisible by `heads` for the transformer; the "
+                       "embedding and hidden width of the rnn; not cnn)")
     heads: int = Field(4, ge=1, description="attention heads (transformer)")
     mlp_ratio: int = Field(4, ge=1, description="hidden width of the transformer / resmlp blocks = mlp_ratio × width")
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        [16, 32], min_length=1, max_length=8, description="cnn: output channels of the conv layers, one layer per "
+        "entry (1 to 8 entries, each 1 to 4096), e.g. [16, 32]; each layer is conv → norm → activation → pool → "
+        "dropout, as nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d / nn.AvgPool2d")
+    kernel_size: int = Field(3, ge=1, le=15, description="cnn: conv kernel k×k, odd, padding 'same' (the image "
+                             "keeps its size until the pool)")
+    pool: Literal["max", "avg", "none"] = Field("max", description="cnn: 2×2 pooling with stride 2 after each conv "
+                                                "layer (halves height and width, rounding down), or none")
+    cell: Literal["gru", "lstm"] = Field("gru", description="rnn: the recurrent cell, with the gates, equations and "
+                                         "initialisation of nn.GRU / nn.LSTM (sigmoid and tanh: `activation` does "
+                                         "not apply)")
     norm: Literal["pre", "post", "none", "batch", "layer"] | None = Field(
         None, description="normalisation. transformer: `post` (default), `pre`, `none` (no layer-norm parameters at "
         "all); mlp / resmlp: `none` (default), `layer`, `batch` (per-run running statistics: batch statistics in "
-        "training, running ones in evaluation, as nn.BatchNorm1d)")
+        "training, running ones in evaluation, as nn.BatchNorm1d); cnn: `none` (default), `batch` (as "
+        "nn.BatchNorm2d, per run); rnn: `none`")
     activation: Literal["relu", "gelu", "quadratic"] | None = Field(
-        None, description="default `gelu` (transformer), `relu` (MLPs); `quadratic` is x²")
+        None, description="default `gelu` (transformer), `relu` (MLPs, cnn); `quadratic` is x²; not rnn")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="residual / hidden dropout; masks drawn from the run's "
                            "own generator; per run inside a pack")
     init_scale: float = Field(1.0, gt=0.0, description="multiplies every weight matrix and embedding at init "
@@ -178,11 +214,20 @@ class ModelConfig(_Strict):
         "al.; danielmamay); normal: as Nanda et al. (2023), every matrix and embedding N(0, 1/width), the "
         "unembedding N(0, 1/classes), biases 0 (embeddings ~11× smaller at width 128). Default: normal for "
         "`norm: none`, whose residual stream nothing rescales (with N(0, 1) embeddings Nanda et al.'s setup "
-        "did not grok in 30,000 steps; with normal it grokked at step 9,100), pytorch otherwise; MLPs: pytorch")
+        "did not grok in 30,000 steps; with normal it grokked at step 9,100), pytorch otherwise; other models: "
+        "pytorch (nn.Linear, nn.Conv2d, nn.GRU / nn.LSTM)")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"must be odd, so that 'same' padding is the same on both sides; got {v} (e.g. 3, 5)")
+        return v
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
-        if self.activation is None:
+        rnn = self.kind == "rnn"
+        if self.activation is None and not rnn:  # the rnn's cells have their own (sigmoid, tanh)
             self.activation = "gelu" if self.kind == "transformer" else "relu"
         if self.norm is None:
             self.norm = "post" if self.kind == "transformer" else "none"
@@ -192,16 +237,32 @@ class ModelConfig(_Strict):
         if self.init is None:
             self.init = "normal" if self.kind == "transformer" and self.norm == "none" else "pytorch"
         elif self.init == "normal" and self.kind != "transformer":
-            raise InapplicableKey("model.init", "to model.kind=transformer (MLPs start as nn.Linear)")
+            raise InapplicableKey("model.init", "to model.kind=transformer (the other models start as nn.Linear, "
+                                  "nn.Conv2d, nn.GRU / nn.LSTM do)")
+        cnn = self.kind == "cnn"
         self._refuse_inapplicable("model", {
             "heads": (self.kind == "transformer", "to model.kind=transformer"),
             "mlp_ratio": (self.kind in ("transformer", "resmlp"), "to model.kind=transformer or resmlp"),
+            "layers": (not cnn, "to model.kind other than cnn (whose conv layers are the entries of model.channels)"),
+            "width": (not cnn, "to model.kind other than cnn (whose widths are model.channels)"),
+            "activation": (not rnn, "to model.kind other than rnn (its cells use sigmoid and tanh, as nn.GRU / nn.LSTM)"),
+            **{k: (cnn, "to model.kind=cnn") for k in CNN_KEYS},
+            **{k: (rnn, "to model.kind=rnn") for k in RNN_KEYS},
         })
         if self.kind == "transformer" and self.width % self.heads:
             raise ValueError(
                 f"model.width ({self.width}) must be divisible by model.heads ({self.heads})"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _applicable(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The cnn's and the rnn's own keys stay out of the other models' resolved form (and so their run ids):
+        # adding those models left the id of every earlier run as it was.
+        d = handler(self)
+        for k in (CNN_KEYS if self.kind != "cnn" else ()) + (RNN_KEYS if self.kind != "rnn" else ()):
+            d.pop(k, None)
+        return d
 
 
 class GrokfastConfig(_Strict):
@@ -454,9 +515,18 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _combination(self) -> Config:
         t, m = self.task, self.model
-        if m.kind == "transformer" and t.name in FEATURE_TASKS:
-            raise ValueError(f"model.kind: the transformer needs a token task and task.name={t.name} is a feature "
-                             f"task; allowed for {t.name}: mlp, resmlp")
+        allowed = ", ".join(models_for(t.name))
+        if m.kind in TOKEN_MODELS and t.name in FEATURE_TASKS:
+            raise ValueError(f"model.kind: the {m.kind} needs a token task and task.name={t.name} is a feature "
+                             f"task; allowed for {t.name}: {allowed}")
+        if m.kind == "cnn" and t.name not in IMAGE_TASKS:
+            raise ValueError(f"model.kind: the cnn needs an image task ({', '.join(IMAGE_TASKS)}) and task.name="
+                             f"{t.name} is not one; allowed for {t.name}: {allowed}")
+        if m.kind == "cnn" and m.pool != "none" and min(IMAGE_TASKS[t.name][1:]) >> len(m.channels) == 0:
+            _, h, w = IMAGE_TASKS[t.name]
+            raise ValueError(f"model.channels: {len(m.channels)} conv layers, each pooled 2×2, shrink the {h}×{w} "
+                             f"images of task.name={t.name} to nothing; allowed: at most "
+                             f"{min(h, w).bit_length() - 1} layers, or model.pool=none")
         every = self.train.eval_every
         for name in self.metrics.measures:
             if self.metrics.period(name, every) % every:

@@ -1,7 +1,7 @@
 """Hypothesis strategies: random tiny configurations drawn from the whole knob space.
 
-`configs()` draws valid configurations (tasks × models × norms × optimizers × decays × filters ×
-losses × batch tools × precision), small enough to train a few steps in well under a second.
+`configs()` draws valid configurations (tasks × models (cnn on digits, rnn on token tasks) × norms × optimizers ×
+decays × filters × losses × batch tools × precision), small enough to train a few steps in well under a second.
 `per_run()` draws the hyperparameters that may differ between runs of one pack. `overrides()` draws
 key=value lists that may well be invalid, for the "refused, never a crash" property.
 """
@@ -34,17 +34,27 @@ def tasks(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def models(draw: st.DrawFn, task: str) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["mlp", "resmlp"] if task == "digits" else ["transformer", "mlp", "resmlp"]))
-    m: dict[str, Any] = {"kind": kind, "layers": draw(st.integers(1, 2)), "norm": draw(st.sampled_from(NORMS[kind])),
-                         "activation": draw(st.sampled_from(["relu", "gelu", "quadratic"])),
+    kind = draw(st.sampled_from(["mlp", "resmlp", "cnn"] if task == "digits" else ["transformer", "mlp", "resmlp", "rnn"]))
+    m: dict[str, Any] = {"kind": kind, "norm": draw(st.sampled_from(NORMS[kind])),
                          "dropout": draw(st.sampled_from([0.0, 0.0, 0.2])),
                          "init_scale": draw(st.sampled_from([0.5, 1.0, 2.0]))}
-    if kind == "transformer":
+    if kind != "rnn":  # the cells have their own activations
+        m["activation"] = draw(st.sampled_from(["relu", "gelu", "quadratic"]))
+    if kind == "cnn":  # no layers or width: one conv layer per entry of channels
+        m["channels"] = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+        m["kernel_size"] = draw(st.sampled_from([1, 3, 5]))
+        m["pool"] = draw(st.sampled_from(["max", "avg", "none"]))
+        return m
+    m["layers"] = draw(st.integers(1, 2))
+    if kind == "rnn":
+        m["cell"] = draw(st.sampled_from(["gru", "lstm"]))
+        m["width"] = draw(st.sampled_from([4, 8]))
+    elif kind == "transformer":
         m["heads"] = draw(st.sampled_from([1, 2, 4]))
         m["width"] = m["heads"] * draw(st.sampled_from([2, 4]))
     else:
         m["width"] = draw(st.sampled_from([4, 8, 16]))
-    if kind != "mlp":
+    if kind in ("transformer", "resmlp"):
         m["mlp_ratio"] = draw(st.integers(1, 2))
     return m
 
@@ -164,10 +174,12 @@ def per_run(draw: st.DrawFn, cfg: dict[str, Any]) -> dict[str, Any]:
 # Keys and values a user might type, many of them wrong: for "bad input is refused, never a crash".
 _VALUES = st.one_of(st.integers(-3, 40), st.floats(-2, 2, allow_nan=False), st.booleans(), st.none(),
                     st.sampled_from(["x", "none", "batch", "ema", "cuda", "cpu", "digits", "sgd", "[1, 2]", "{}",
-                                     "{kind: ramp, start: 2, end: 8}", "{kind: ma}", 97, 100_000]))
+                                     "{kind: ramp, start: 2, end: 8}", "{kind: ma}", 97, 100_000, "cnn", "rnn",
+                                     "lstm", "avg"]))
 _KEYS = ["task.name", "task.op", "task.modulus", "task.train_frac", "task.train_size", "task.bits", "task.k",
          "model.kind", "model.layers", "model.width", "model.heads", "model.norm", "model.activation", "model.dropout",
-         "model.mlp_ratio", "optim.name", "optim.lr", "optim.betas", "optim.momentum", "optim.nesterov",
+         "model.mlp_ratio", "model.channels", "model.kernel_size", "model.pool", "model.cell", "optim.name",
+         "optim.lr", "optim.betas", "optim.momentum", "optim.nesterov",
          "optim.decay", "optim.gamma", "optim.schedule", "optim.grokfast", "optim.grokfast.kind", "optim.fixed_norm",
          "train.batch_size", "train.accumulate", "train.batch_schedule", "train.batch_schedule.kind", "train.device",
          "train.loss", "train.precision", "metrics.threshold", "model.nonsense", "nonsense"]

@@ -15,8 +15,8 @@ from groklab import reference
 from groklab.cli import main
 from groklab.config import ConfigError, make_config
 from groklab.engine import Pack, train
-from groklab.sweep import expand, load_spec
 from groklab.store import SCHEMA_VERSION
+from groklab.sweep import expand, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

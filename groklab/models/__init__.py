@@ -57,8 +57,8 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return {"relu": F.relu, "gelu": F.gelu, "quadratic": torch.square}[name]
 
 
-# Initialisation follows PyTorch's defaults for nn.Linear / nn.Embedding / nn.MultiheadAttention,
-# so a groklab run starts where the reference repositories' runs start.
+# Initialisation follows PyTorch's defaults for nn.Linear / nn.Embedding / nn.MultiheadAttention / nn.Conv2d /
+# nn.GRU / nn.LSTM, so a groklab run starts where the reference repositories' runs start.
 def uniform(shape: tuple[int, ...], bound: float, g: torch.Generator) -> torch.Tensor:
     return (torch.rand(shape, generator=g) * 2 - 1) * bound
 
@@ -73,26 +73,29 @@ def batch_norm(
     x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, buffers: Buffers, name: str, train: bool,
     momentum: float = 0.1, eps: float = 1e-5,
 ) -> torch.Tensor:
-    """Batch norm over the batch axis of x [R, B, D], separately per run, as nn.BatchNorm1d does:
-    batch statistics in training (running statistics updated in place), running statistics in eval."""
+    """Batch norm of x [R, B, D] (MLP) or [R, B, D, H, W] (CNN) per run and channel D, over the batch (and
+    spatial) axes, as nn.BatchNorm1d / 2d do: batch statistics in training (running statistics updated in
+    place), running statistics in eval."""
     mean_k, var_k = f"{name}.running_mean", f"{name}.running_var"
+    dims = (1, *range(3, x.dim()))
+    view = (x.shape[0], 1, x.shape[2]) + (1,) * (x.dim() - 3)
     if train:
-        mean = x.mean(1, keepdim=True)
-        var = x.var(1, unbiased=False, keepdim=True)
+        mean = x.mean(dims, keepdim=True)
+        var = x.var(dims, unbiased=False, keepdim=True)
         with torch.no_grad():
-            n = x.shape[1]
-            unbiased = var.squeeze(1) * (n / max(n - 1, 1))
-            buffers[mean_k].lerp_(mean.squeeze(1).float(), momentum)
+            n = x.numel() // (x.shape[0] * x.shape[2])
+            unbiased = var.view(buffers[var_k].shape) * (n / max(n - 1, 1))
+            buffers[mean_k].lerp_(mean.view(buffers[mean_k].shape).float(), momentum)
             buffers[var_k].lerp_(unbiased.float(), momentum)
     else:
-        mean, var = buffers[mean_k].unsqueeze(1).to(x.dtype), buffers[var_k].unsqueeze(1).to(x.dtype)
-    return (x - mean) / torch.sqrt(var + eps) * g.unsqueeze(1) + b.unsqueeze(1)
+        mean, var = buffers[mean_k].view(view).to(x.dtype), buffers[var_k].view(view).to(x.dtype)
+    return (x - mean) / torch.sqrt(var + eps) * g.view(view) + b.view(view)
 
 
 def module(cfg: ModelConfig):  # noqa: ANN201 - one of the model modules
-    from groklab.models import mlp, transformer
+    from groklab.models import cnn, mlp, rnn, transformer
 
-    return transformer if cfg.kind == "transformer" else mlp
+    return {"transformer": transformer, "cnn": cnn, "rnn": rnn}.get(cfg.kind, mlp)
 
 
 def init(cfg: ModelConfig, task: Task, generator: torch.Generator) -> tuple[Params, set[str], Buffers]:
