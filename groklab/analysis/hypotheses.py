@@ -46,7 +46,8 @@ Holm across the file:
 - equal: **supported** when the interval lies inside ±min_effect; **contradicted** when it lies wholly
   outside it; else **inconclusive**.
 For an inconclusive claim, `seeds_needed` is the seeds per condition that would decide it at the
-observed effect (80 % power by default).
+observed effect (80 % power by default, at α / the number of tested claims: Holm's strictest step). A
+scaling fit gets none: its uncertainty comes from how many cells have a median, not from the seeds.
 """
 
 from __future__ import annotations
@@ -235,6 +236,8 @@ def _matches(runs: pd.DataFrame, cond: dict[str, Any], what: str) -> np.ndarray:
 
 
 def _same(v: Any, w: Any) -> bool:
+    if w is None:  # a null config value (e.g. no batch schedule) reads back as None or NaN in a mixed column
+        return v is None or (isinstance(v, float) and math.isnan(v))
     if isinstance(v, (int, float)) and isinstance(w, (int, float)) and not isinstance(v, bool):
         return math.isclose(float(v), float(w), rel_tol=1e-9, abs_tol=1e-12)
     return v == w
@@ -363,8 +366,9 @@ def evaluate(hf: HypothesesFile, scale: str, runs_of: Any, curves_of: Any) -> tu
         est = stats.Estimate(*(np.nan if r[k] is None else r[k] for k in ("estimate", "low", "high")), p=r["p"])
         r["verdict"] = decide(est, r["p_holm"], r["direction"], r["alpha"], r["min_effect"])
         r["seeds_needed"] = None
-        if r["verdict"] == "inconclusive":
-            r["seeds_needed"] = stats.seeds_needed(est, r["seeds"], r["alpha"], hf.decision.power,
+        if r["verdict"] == "inconclusive" and r["statistic"] != "scaling":  # a fit's uncertainty is in its cells
+            # α / m: Holm's first step, so the answer holds however the file's other claims come out
+            r["seeds_needed"] = stats.seeds_needed(est, r["seeds"], r["alpha"] / len(tested), hf.decision.power,
                                                    r["min_effect"] if r["direction"] == "equal" else 0.0)
         r["effect"] = effect_sentence(r)
     return rows, data

@@ -43,6 +43,14 @@ def claim_figure(verdict: dict, data: dict, base: Path, formats: tuple[str, ...]
 
             est = stats.Estimate(*(np.nan if verdict[k] is None else verdict[k] for k in ("estimate", "low", "high")))
             figures.scaling_panel(ax, data["table"], est, axis, ylabel)
+        elif stat == "interaction":
+            labels = [f"a: {_condition(verdict['a'])}", f"b: {_condition(verdict['b'])}"]
+            colors = figures.condition_colors(labels)
+            for i, (name, lab) in enumerate(zip("ab", labels)):
+                d = data[name]
+                figures.outcome_vs_axis(ax, d["x"], d["y"], d["observed"], ylabel, str(verdict["axis"]),
+                                        color=colors[lab], label=lab, time=kind == "time", series=(i, 2))
+            ax.legend(fontsize=7)
         else:
             figures.outcome_vs_axis(ax, data["x"], data["y"], data["observed"], ylabel, str(verdict["axis"]),
                                     time=kind == "time")
