@@ -368,10 +368,24 @@ def evaluate(hf: HypothesesFile, scale: str, runs_of: Any, curves_of: Any) -> tu
         r["seeds_needed"] = None
         if r["verdict"] == "inconclusive" and r["statistic"] != "scaling":  # a fit's uncertainty is in its cells
             # α / m: Holm's first step, so the answer holds however the file's other claims come out
-            r["seeds_needed"] = stats.seeds_needed(est, r["seeds"], r["alpha"] / len(tested), hf.decision.power,
+            r["seeds_needed"] = stats.seeds_needed(_as_wide_as_p(est), r["seeds"], r["alpha"] / len(tested),
+                                                   hf.decision.power,
                                                    r["min_effect"] if r["direction"] == "equal" else 0.0)
         r["effect"] = effect_sentence(r)
     return rows, data
+
+
+def _as_wide_as_p(est: stats.Estimate) -> stats.Estimate:
+    """The estimate with its interval widened, where needed, to the standard error its test's p implies.
+
+    With three seeds a bootstrap interval can be narrower than the log-rank or permutation test allows; the
+    seeds a decision needs must follow the weaker of the two, or an undecided claim would be told it needs
+    the seeds it already has."""
+    if est.p is None or not 0 < est.p < 1 or est.value == 0:
+        return est
+    z = float(scipy_stats.norm.ppf(0.5 + stats.CONFIDENCE / 2))
+    se = max((est.high - est.low) / (2 * z), abs(est.value) / float(scipy_stats.norm.isf(est.p / 2)))
+    return stats.Estimate(est.value, est.value - z * se, est.value + z * se, p=est.p, n=est.n)
 
 
 def _estimate_fields(est: stats.Estimate) -> dict[str, float | None]:

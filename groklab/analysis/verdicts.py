@@ -130,7 +130,7 @@ def markdown(verdicts: list[dict], figures_dir: str | None, command: str) -> str
                 + (f", a = {_condition(v['a'])}, b = {_condition(v['b'])}" if v.get("a") else "")
                 + (f", only {_condition(v['where'])}" if v.get("where") else "")
                 + f"; claimed: {v['direction']}; α = {v['alpha']}; smallest effect that matters {v['min_effect']}.")
-        lines += ["", f"Test: {test}"]
+        lines += ["", f"Test: {test}", "", f"Reproduce: `{command}` (the runs: `groklab report --sweep {v['sweep']}`)"]
         if figures_dir is not None:
             lines += ["", f"![{v['id']}]({figures_dir}/claim_{v['id']}.png)"]
     lines += ["", f"Reproduce: `{command}`"]
