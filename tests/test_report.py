@@ -203,3 +203,17 @@ def test_whole_store_report_does_not_sweep_eval_every(tmp_path):
     html = (out / "index.html").read_text()
     assert "none (every run is in one cell)" in html and "eval_every" not in visible_text(html)
     assert not list(out.glob("grok_vs_*")) and (out / "survival.png").exists()
+
+
+def test_comparisons_give_effect_sizes_along_each_axis_with_censored_runs():
+    """More decay, sooner: the neighbour ratios are below 1 with a small log-rank p; runs that never grokked (wd 0)
+    are censored at their budget, so 0 → 0.3 is a real comparison, not a dropped cell."""
+    rows = [{"wd": 0.0, "grok": None, "seed": s} for s in range(4)]
+    rows += [{"wd": 0.3, "grok": 800 + 10 * s, "seed": s} for s in range(4)]
+    rows += [{"wd": 1.0, "grok": 300 + 10 * s, "seed": s} for s in range(4)]
+    cmp = tables.comparisons(runs_frame(rows), ["optim.weight_decay"])
+    trend = cmp[cmp["comparison"].str.startswith("trend")].iloc[0]
+    assert trend["estimate"] < -0.8 and trend["p"] < 0.01
+    pairs = cmp[cmp["comparison"].str.contains("→")]
+    assert list(pairs["comparison"]) == ["0.0 → 0.3", "0.3 → 1.0"]
+    assert (pairs["estimate"] < 1).all() and (pairs["high"] < 1).all() and (pairs["p"] < 0.05).all()

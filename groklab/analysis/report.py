@@ -143,7 +143,8 @@ def report(store: Store, sweep: str | None = None, out: str | Path = "report", r
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with figures.style():
-        body = [cells_section(d, out), curves_section(d, out), phase_section(d, out), survival_section(d, out),
+        body = [cells_section(d, out), comparisons_section(d, out), curves_section(d, out), phase_section(d, out),
+                survival_section(d, out),
                 axes_section(d, out), scaling_section(d, out), measures_section(d, out), runs_section(d, out)]
     parts = [overview(d), *sections, *body]
     title = f"groklab report: {d.sweep or 'all runs in the store'}"
@@ -250,6 +251,29 @@ def cells_section(d: Data, out: Path) -> page.Section:
             "“not reached”: fewer than half the cell's runs grokked within their budgets. Wall seconds depend on "
             "the machine's load and on the pack size.</p>")
     return page.Section("Cells", note + page.table(show))
+
+
+def comparisons_section(d: Data, out: Path) -> page.Section:
+    """Effect sizes along each axis with the others fixed: trend and neighbour-to-neighbour ratios."""
+    cmp = tables.comparisons(d.runs, d.axes, d.curves)
+    cmp.to_csv(out / "comparisons.csv", index=False)
+    if cmp.empty:
+        return page.Section("Comparisons", "<p>No axis has two values to compare.</p>")
+    show = pd.DataFrame({
+        "axis": cmp["axis"], "others fixed": cmp["others fixed"], "comparison": cmp["comparison"],
+        "statistic": cmp["statistic"],
+        "estimate [95%]": [f"{page.fmt(v, 'ratio')} [{page.fmt(lo, 'ratio')}, {page.fmt(hi, 'ratio')}]"
+                           for v, lo, hi in zip(cmp["estimate"], cmp["low"], cmp["high"])],
+        "p": [page.fmt(p, "p") for p in cmp["p"]],
+    })
+    (out / "comparisons.md").write_text(tables.to_markdown(show))
+    note = ('<p class="note">Steps to grok along each swept axis, the other axes held fixed. Trend: a rank '
+            "correlation that counts runs that never grokked as later than their budgets (positive: larger values "
+            "grok later), with a permutation p. Neighbouring values: the ratio of restricted mean steps to grok "
+            "(below 1: the second value groks sooner) with a bootstrap interval and the log-rank p. p-values are "
+            "not corrected for the number of rows; a claim decided in advance belongs in a hypotheses file "
+            "(<code>groklab verify</code>).</p>")
+    return page.Section("Comparisons", note + page.table(show))
 
 
 RUN_COLUMNS = {  # events column -> (header on the page, format)

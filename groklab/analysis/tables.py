@@ -124,3 +124,42 @@ def to_markdown(df: pd.DataFrame, formats: dict[str, str] | None = None) -> str:
     body = ["| " + " | ".join(cell(v, kinds[c]) for c, v in zip(df.columns, row)) + " |"
             for row in df.itertuples(index=False)]
     return "\n".join([header, sep, *body]) + "\n"
+
+
+MAX_COMPARISONS = 60
+
+
+def comparisons(runs: pd.DataFrame, axes: list[str], curves: pd.DataFrame | None = None) -> pd.DataFrame:
+    """How steps to grok move along each swept axis, with the other axes held fixed: the censoring-aware rank
+    trend over all its values (ρ, 95% interval, permutation p) and, between neighbouring values, the ratio of
+    restricted mean steps to grok (b / a, 95% bootstrap interval) with the log-rank p. Runs that never grokked
+    count as censored at their budgets (groklab.analysis.stats). At most MAX_COMPARISONS rows."""
+    from groklab.analysis import outcomes, stats
+
+    time, observed = outcomes.time_to_event(runs, "grokked_step", curves)
+    runs = runs.assign(_t=time, _o=observed)
+    rows: list[dict[str, Any]] = []
+    for axis in axes:
+        others = [a for a in axes if a != axis]
+        for key, g in groups(runs, others):
+            fixed = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(others, key)) or "–"
+            levels = sorted(g[axis].map(hashable).unique(), key=lambda v: (v is None, str(type(v)), v))
+            if len(levels) < 2:
+                continue
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels)
+            if numeric and len(levels) >= 3:
+                est = stats.trend(g[axis].astype(float).to_numpy(), g["_t"].to_numpy(), g["_o"].to_numpy())
+                rows.append({"axis": axis, "others fixed": fixed, "comparison": f"trend over {len(levels)} values",
+                             "statistic": "rank correlation ρ", "estimate": est.value, "low": est.low,
+                             "high": est.high, "p": est.p})
+            col = g[axis].map(hashable)
+            for a, b in zip(levels, levels[1:]):
+                ga, gb = g[col == a], g[col == b]
+                est = stats.compare_times((ga["_t"].to_numpy(), ga["_o"].to_numpy()), (gb["_t"].to_numpy(),
+                                                                                        gb["_o"].to_numpy()))
+                rows.append({"axis": axis, "others fixed": fixed, "comparison": f"{a} → {b}",
+                             "statistic": "ratio of restricted mean steps (b / a)", "estimate": float(np.exp(est.value)),
+                             "low": float(np.exp(est.low)), "high": float(np.exp(est.high)), "p": est.p})
+            if len(rows) >= MAX_COMPARISONS:
+                return pd.DataFrame(rows[:MAX_COMPARISONS])
+    return pd.DataFrame(rows, columns=["axis", "others fixed", "comparison", "statistic", "estimate", "low", "high", "p"])
