@@ -45,7 +45,8 @@ def select(sd: dict[str, Any], keep: list[int]) -> dict[str, Any]:
     for k in PER_RUN_TENSORS:
         out[k] = sd[k][keep]
     for k in PER_RUN_LISTS:
-        out[k] = [sd[k][i] for i in keep]
+        if k in sd:  # a state saved before the entry existed (augment_gens) lacks it
+            out[k] = [sd[k][i] for i in keep]
     out["buffers"] = {n: b[keep] for n, b in sd["buffers"].items()}
     out["opt"] = {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in sd["opt"].items()}
     out["measures"] = {m: {k: (v[keep] if _per_run(v) else v) for k, v in st.items()} for m, st in sd["measures"].items()}
@@ -62,7 +63,10 @@ def join(sds: list[dict[str, Any]]) -> dict[str, Any]:
     for k in PER_RUN_TENSORS:
         out[k] = torch.cat([s[k] for s in sds])
     for k in PER_RUN_LISTS:
-        out[k] = [v for s in sds for v in s[k]]
+        if all(k in s for s in sds):
+            out[k] = [v for s in sds for v in s[k]]
+        else:
+            out.pop(k, None)
     out["buffers"] = {n: torch.cat([s["buffers"][n] for s in sds]) for n in first["buffers"]}
     out["opt"] = {k: (torch.cat([s["opt"][k] for s in sds]) if isinstance(v, torch.Tensor) else v)
                   for k, v in first["opt"].items()}
@@ -105,8 +109,8 @@ def extended(state: dict[str, Any], cfg: Config) -> dict[str, Any]:
 
 # The entries of a pack state (`Pack.state_dict()`): per run, or shared by the pack's lockstep runs.
 PER_RUN_TENSORS = ("flat", "sampler_buffer", "diverged_at")
-PER_RUN_LISTS = ("run_ids", "sampler_gens", "dropout_gens", "measure_gens", "end_step", "curves", "memorized", "grokked",
-                 "streaks")
+PER_RUN_LISTS = ("run_ids", "sampler_gens", "dropout_gens", "measure_gens", "augment_gens", "end_step", "curves",
+                 "memorized", "grokked", "streaks")
 PACK_LEVEL = ("step", "samples", "batch_size")
 
 

@@ -44,8 +44,12 @@ TASK_OPS = {
     "parity": ("parity",),
     "sequence": ("sort", "reverse", "copy"),
     "digits": ("classify",),
+    "images": ("classify",),
 }
-DEFAULT_OP = {"modular": "x+y", "s5": "x*y", "parity": "parity", "sequence": "sort", "digits": "classify"}
+# Feature tasks whose features are images: (channels, height, width); None: read from the task's file.
+IMAGE_TASKS: dict[str, tuple[int, int, int] | None] = {"digits": (1, 8, 8), "images": None}
+DEFAULT_OP = {"modular": "x+y", "s5": "x*y", "parity": "parity", "sequence": "sort", "digits": "classify",
+              "images": "classify"}
 
 
 class ConfigError(ValueError):
@@ -85,16 +89,31 @@ def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
 
-class TaskConfig(_Strict):
-    """What is learned: a generated table of examples and the run's train/val split."""
+class AugmentConfig(_Strict):
+    """Training-batch augmentation of image tasks, drawn per run and batch from the run's own generator."""
 
-    name: Literal["modular", "s5", "parity", "sequence", "digits"] = Field(
+    shift: int = Field(0, ge=0, le=64, description="random translation of each training image by an integer "
+                       "number of pixels in [-shift, shift] along each axis (drawn per image), zero fill; 0 = none; "
+                       "per run")
+    noise: float = Field(0.0, ge=0.0, description="standard deviation of additive Gaussian noise on each training "
+                         "image's pixels (in [0, 1] units, no clipping); 0 = none; per run")
+
+    @property
+    def on(self) -> bool:
+        return self.shift > 0 or self.noise > 0
+
+
+class TaskConfig(_Strict):
+    """What is learned: a table of examples (generated, or read from a local file) and the run's train/val split."""
+
+    name: Literal["modular", "s5", "parity", "sequence", "digits", "images"] = Field(
         "modular", description="modular: binary operations mod a prime, `[x, op, y, =]` -> x∘y mod p (Power et al., "
         "2022); s5: composition in the permutation group S5 (120 elements, 14,400 pairs); parity: all 2^bits bit "
         "strings, label = parity of the first k bits (sparse parity); sequence: every sequence of `length` symbols, "
         "input `[a1..aL, =, q1..qL]`, the L answers read at the query positions, correct only if all L are; digits: "
         "scikit-learn's bundled 8×8 digits (1,797 images, 10 classes, no download; needs `groklab[digits]`), "
-        "mlp, resmlp or cnn")
+        "mlp, resmlp or cnn; images: a local image file named by `path` (.npz or MNIST IDX, never a download; "
+        "docs/data.md), mlp, resmlp or cnn")
     op: str | None = Field(
         None, description="the operation. modular: " + " ".join(f"`{o}`" for o in MODULAR_OPS) + " (`x/y` skips "
         "y = 0); s5: " + " ".join(f"`{o}`" for o in S5_OPS) + "; sequence: `sort` `reverse` `copy`. Default "
@@ -103,7 +122,20 @@ class TaskConfig(_Strict):
     train_frac: float = Field(0.5, description="fraction of the examples in the train set, in (0, 1); the split "
                               "is drawn from the run's seed")
     train_size: int | None = Field(None, ge=1, description="train-set size as a count (replaces `train_frac`), "
-                                   "e.g. 1000 digits for Omnigrok")
+                                   "e.g. 1000 digits or MNIST images for Omnigrok")
+    folds: int | None = Field(None, ge=2, description="K-fold cross-validation: split the examples into K "
+                              "folds (sizes differ by at most 1) drawn from the run's seed, hold out fold `fold` as "
+                              "the val set and train on the other K−1 (replaces `train_frac` and `train_size`); "
+                              "sweep `task.fold` over 0..K−1")
+    fold: int = Field(0, ge=0, description="with `folds`: the fold held out as the val set, 0..K−1")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="image tasks: augmentation of the "
+                                   "training batches, e.g. `{shift: 1, noise: 0.05}`; evaluation sees the images as "
+                                   "they are")
+    path: str | None = Field(None, description="`images`: a local `.npz` (arrays `x` [N, H, W], [N, C, H, W] or "
+                             "[N, D], `y` [N] integer labels), an MNIST images file `*-images-idx3-ubyte[.gz]` (its "
+                             "labels file beside it), or a folder holding `train-images-idx3-ubyte[.gz]` and "
+                             "`train-labels-idx1-ubyte[.gz]`; pixels scaled to [0, 1] (docs/data.md). The run id "
+                             "holds the path as written, not the file's contents")
     bits: int = Field(10, ge=2, le=16, description="`parity`: number of bits")
     k: int = Field(3, ge=1, description="`parity`: the label is the parity of the first k bits (k ≤ bits)")
     symbols: int = Field(5, ge=2, le=16, description="`sequence`: alphabet size")
@@ -133,33 +165,74 @@ class TaskConfig(_Strict):
                 f"task.op: {self.op!r} is not an operation of task {self.name!r}; "
                 f"allowed: {', '.join(allowed)}"
             )
+        folds = self.folds is not None
         self._refuse_inapplicable("task", {
             "modulus": (self.name == "modular", "to task.name=modular"),
             "bits": (self.name == "parity", "to task.name=parity"),
             "k": (self.name == "parity", "to task.name=parity"),
             "symbols": (self.name == "sequence", "to task.name=sequence"),
             "length": (self.name == "sequence", "to task.name=sequence"),
-            "train_frac": (self.train_size is None, "without task.train_size (which replaces it)"),
+            "train_frac": (self.train_size is None and not folds, "without task.train_size or task.folds (which "
+                           "replace it)"),
+            "train_size": (not folds, "without task.folds (the folds make the split)"),
+            "fold": (folds, "with task.folds"),
+            "path": (self.name == "images", "to task.name=images"),
         })
+        if self.augment.on and self.name not in IMAGE_TASKS:
+            raise InapplicableKey("task.augment", f"to image tasks (task.name={' or '.join(IMAGE_TASKS)})")
+        if folds and self.fold >= self.folds:
+            raise ValueError(f"task.fold: {self.fold} is not a fold of task.folds={self.folds}; allowed: "
+                             f"0..{self.folds - 1}")
+        if self.name == "images":
+            if not self.path:
+                raise ValueError("task.path: task.name=images needs a local image file (.npz or MNIST IDX, "
+                                 "docs/data.md)")
+            from groklab.tasks import images
+
+            images.describe(self.path)  # a missing or malformed file is refused here, before any run starts
         if self.name == "parity" and self.k > self.bits:
             raise ValueError(f"task.k ({self.k}) must be <= task.bits ({self.bits})")
         if self.name == "sequence" and self.symbols**self.length > 200_000:
             raise ValueError("task.symbols ** task.length must be <= 200000 (the task holds every sequence)")
         return self
 
+    @model_serializer(mode="wrap")
+    def _applicable(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Keys added after runs were stored stay out of the resolved form (and so the run id) while unused:
+        # adding them left the id of every earlier run as it was.
+        d = handler(self)
+        folds = self.folds is not None
+        for key, unused in (("folds", not folds), ("fold", not folds), ("train_frac", folds), ("train_size", folds),
+                            ("augment", not self.augment.on), ("path", self.path is None)):
+            if unused:
+                d.pop(key, None)
+        return d
+
     @property
     def n_examples(self) -> int:
-        """Examples in the whole task, computed without building it."""
+        """Examples in the whole task, computed without building it (an image file: read once, then cached)."""
         if self.name == "modular":
             return self.modulus * (self.modulus - 1 if self.op == "x/y" else self.modulus)
+        if self.name == "images":
+            from groklab.tasks import images
+
+            return images.describe(self.path).n
         return {"s5": 14_400, "parity": 2**self.bits, "sequence": self.symbols**self.length, "digits": 1797}[self.name]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(channels, height, width) of an image task's images; None for other tasks."""
+        if self.name == "images":
+            from groklab.tasks import images
+
+            return images.describe(self.path).image_shape
+        return IMAGE_TASKS.get(self.name)
 
 
 NORMS = {"transformer": ("post", "pre", "none"), "mlp": ("none", "batch", "layer"), "resmlp": ("none", "batch", "layer"),
          "cnn": ("none", "batch"), "rnn": ("none",)}
-FEATURE_TASKS = ("digits",)
+FEATURE_TASKS = ("digits", "images")
 FOURIER_OPS = ("x+y",)  # the progress measures of Nanda et al. read the cos/sin(w(a+b)) directions
-IMAGE_TASKS = {"digits": (1, 8, 8)}  # feature tasks whose features are images: (channels, height, width)
 TOKEN_MODELS = ("transformer", "rnn")  # models that read token ids, not features
 CNN_KEYS, RNN_KEYS = ("channels", "kernel_size", "pool"), ("cell",)
 
@@ -384,6 +457,37 @@ class BatchSchedule(_Strict):
         return max(1, round(self.start * (self.end / self.start) ** f))
 
 
+class ExposureConfig(_Strict):
+    """How a run's train set is exposed: all at once (abrupt), or growing from `start_frac` of it to all of it over
+    `steps` (gradual), the examples added in an order drawn from the run's seed."""
+
+    kind: Literal["abrupt", "gradual"] = Field("abrupt", description="abrupt: the whole train split from step 0; "
+                                               "gradual: a growing part of it (a curriculum of exposure); the val set "
+                                               "is the same either way")
+    start_frac: float = Field(0.1, gt=0.0, le=1.0, description="gradual: the fraction of the train split exposed "
+                              "at step 0 (at least one example)")
+    steps: int = Field(1000, ge=1, description="gradual: steps until the whole train split is exposed")
+    shape: Literal["linear", "geometric"] = Field("linear", description="gradual: the exposed count at step t is "
+                                                  "round(n0 + (n − n0)·f) (linear) or round(n0·(n/n0)^f) (geometric), "
+                                                  "f = min(t/steps, 1), n0 = the count at step 0, n = the split's")
+
+    @model_validator(mode="after")
+    def _applies(self) -> ExposureConfig:
+        gradual = self.kind == "gradual"
+        self._refuse_inapplicable("train.exposure", {k: (gradual, "to kind gradual")
+                                                     for k in ("start_frac", "steps", "shape")})
+        return self
+
+    def size(self, n: int, step: int) -> int:
+        """Examples of a train split of n exposed to update `step` (and to the evaluation at `step`)."""
+        if self.kind == "abrupt":
+            return n
+        n0 = max(1, min(n, round(self.start_frac * n)))
+        f = min(step / self.steps, 1.0)
+        m = n0 + (n - n0) * f if self.shape == "linear" else n0 * (n / n0) ** f
+        return max(n0, min(n, round(m)))
+
+
 class TrainConfig(_Strict):
     """The step loop: batches, budget, evaluation, loss, precision and where it runs."""
 
@@ -411,6 +515,10 @@ class TrainConfig(_Strict):
     batch_schedule: BatchSchedule | None = Field(
         None, description="replaces batch_size: `{kind: ramp, start, end, steps, shape: linear|geometric}` or "
         "`{kind: adaptive, start, end, check_every: 100, ema: 0.9}`")
+    exposure: ExposureConfig = Field(default_factory=ExposureConfig, description="gradual exposure to the train "
+                                     "split, e.g. `{kind: gradual, start_frac: 0.1, steps: 2000, shape: linear}`; "
+                                     "train accuracy and loss are measured on the examples exposed so far, and the "
+                                     "exposed count is logged as `train_size`; shared by the runs of a pack")
     init_from: str | None = Field(None, description="a stored run id: start from that run's final weights "
                                   "(shapes must match; e.g. pretrain x+y, fine-tune x−y)")
     save_weights: bool = Field(True, description="keep the run's final weights and training state in "
@@ -438,6 +546,14 @@ class TrainConfig(_Strict):
                            "(which measures the noise on the two halves of each batch)"),
         })
         return self
+
+    @model_serializer(mode="wrap")
+    def _applicable(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # abrupt exposure (the default, and all there was before the key) stays out of the run id
+        d = handler(self)
+        if self.exposure.kind == "abrupt":
+            d.pop("exposure", None)
+        return d
 
 
 MEASURES = ("norms", "stability", "sharpness", "noise_scale", "fourier")
@@ -520,10 +636,11 @@ class Config(_Strict):
             raise ValueError(f"model.kind: the {m.kind} needs a token task and task.name={t.name} is a feature "
                              f"task; allowed for {t.name}: {allowed}")
         if m.kind == "cnn" and t.name not in IMAGE_TASKS:
-            raise ValueError(f"model.kind: the cnn needs an image task ({', '.join(IMAGE_TASKS)}) and task.name="
-                             f"{t.name} is not one; allowed for {t.name}: {allowed}")
-        if m.kind == "cnn" and m.pool != "none" and min(IMAGE_TASKS[t.name][1:]) >> len(m.channels) == 0:
-            _, h, w = IMAGE_TASKS[t.name]
+            raise ValueError(f"model.kind: the cnn needs an image task (digits) and task.name={t.name} is not one; "
+                             f"allowed for {t.name}: {allowed}; the image tasks: {', '.join(IMAGE_TASKS)} (a local "
+                             "file, task.path)")
+        if m.kind == "cnn" and m.pool != "none" and min(t.image_shape[1:]) >> len(m.channels) == 0:
+            _, h, w = t.image_shape
             raise ValueError(f"model.channels: {len(m.channels)} conv layers, each pooled 2×2, shrink the {h}×{w} "
                              f"images of task.name={t.name} to nothing; allowed: at most "
                              f"{min(h, w).bit_length() - 1} layers, or model.pool=none")
@@ -540,6 +657,9 @@ class Config(_Strict):
         if t.train_size is not None and t.train_size >= n:
             raise ValueError(f"task.train_size: {t.train_size} leaves no validation examples; task {t.name} has "
                              f"{n} examples, allowed: 1..{n - 1}")
+        if t.folds is not None and t.folds > n:
+            raise ValueError(f"task.folds: {t.folds} folds of task {t.name}'s {n} examples leave some empty; "
+                             f"allowed: 2..{n}")
         return self
 
     def resolved(self) -> dict[str, Any]:
@@ -569,6 +689,8 @@ PER_RUN_KEYS = (
     "optim.grokfast.lamb",
     "model.init_scale",
     "model.dropout",
+    "task.augment.shift",
+    "task.augment.noise",
     "train.seed",
     "train.steps",
     "train.stop.after_grok",
@@ -623,6 +745,8 @@ def pack_key(cfg: Config) -> str:
     d = cfg.resolved()
     for key in PER_RUN_KEYS + ("train.checkpoint_every",):
         _drop(d, key)
+    if d["task"].get("augment") == {}:  # augmented and plain runs share a pack
+        del d["task"]["augment"]
     if cfg.train.batch_schedule is not None and cfg.train.batch_schedule.kind == "adaptive":
         d["run"] = run_id(cfg)  # each adaptive run follows its own batch size: a pack of its own
     return json.dumps(d, sort_keys=True)

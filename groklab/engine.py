@@ -2,9 +2,9 @@
 
 Every parameter is stacked with a leading run axis [R, ...]; every per-run hyperparameter is a
 tensor [R]. Each run owns generators derived from its seed (data split, init, batch order, dropout
-masks), so its curves are the same whichever runs share its pack. A run that produces a NaN/Inf
-loss or gradient is frozen at once and marked `diverged` at the next evaluation; runs that finish
-leave the pack there (compaction), so no compute is spent on them.
+masks, exposure order, augmentation), so its curves are the same whichever runs share its pack. A run
+that produces a NaN/Inf loss or gradient is frozen at once and marked `diverged` at the next
+evaluation; runs that finish leave the pack there (compaction), so no compute is spent on them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from groklab.measures import stability
 from groklab.measures.recorder import Measures
 from groklab.sampling import BatchSampler  # also this module's public name (engine.BatchSampler)
 from groklab.tasks import Task, make_task, split
+from groklab.tasks.augment import augment
 
 # Examples per run and chunk are chosen so one evaluation forward holds about this many rows.
 EVAL_ROWS = 16384
@@ -51,7 +52,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_generator(seed: int, stream: int) -> torch.Generator:
-    """Independent generator for one purpose (0 split, 1 init, 2 batches, 3 dropout) of a seed."""
+    """Independent generator for one purpose of a seed: 0 split, 1 init, 2 batches, 3 dropout, 4 measures,
+    5 exposure order, 6 augmentation."""
     state = np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
@@ -151,7 +153,14 @@ class Pack:
         seeds = [c.train.seed for c in configs]
 
         splits = [split(self.task, c.task, run_generator(s, 0)) for c, s in zip(configs, seeds)]
-        self.train_idx = torch.stack([tr for tr, _ in splits]).to(dev)
+        train_idx = torch.stack([tr for tr, _ in splits])
+        if cfg.train.exposure.kind == "gradual":  # the order in which examples join the train set, per run
+            orders = [torch.randperm(train_idx.shape[1], generator=run_generator(s, 5)) for s in seeds]
+            train_idx = torch.stack([tr[o] for tr, o in zip(train_idx, orders)])
+        # Each run's whole train split (in exposure order), and the part of it in use at this step: all of it,
+        # or under gradual exposure its first `train.exposure.size` examples (`_expose`).
+        self.split_idx = train_idx.to(dev)
+        self.train_idx = self.split_idx[:, : cfg.train.exposure.size(train_idx.shape[1], 0)]
         self.val_idx = torch.stack([va for _, va in splits]).to(dev)
 
         stacked: dict[str, list[torch.Tensor]] = {}
@@ -183,6 +192,9 @@ class Pack:
         self.sampler = BatchSampler([run_generator(s, 2) for s in seeds], self.train_idx.shape[1], replacement)
         self.dropout_gens = [run_generator(s, 3) for s in seeds]
         self.measure_gens = [run_generator(s, 4) for s in seeds]  # sharpness and noise-scale draws
+        self.augment_gens = [run_generator(s, 6) for s in seeds]
+        self.augments = [c.task.augment for c in configs]
+        self.use_augment = any(a.on for a in self.augments)
         self.dropout_p = torch.tensor([c.model.dropout for c in configs], device=dev)
         self.use_dropout = any(c.model.dropout > 0 for c in configs)
         self.diverged_at = torch.full((len(configs),), -1, dtype=torch.long, device=dev)
@@ -278,6 +290,9 @@ class Pack:
         the same either way, and the gradient of a chunk's summed loss is each run's own gradient."""
         idx = self.train_idx.gather(1, positions.to(self.device))
         inputs, labels = self.inputs[idx], self.labels[idx].view(*idx.shape, -1)
+        if self.use_augment:  # training batches only; each run from its own generator
+            inputs = augment(inputs, self.task.image_shape, [a.shift for a in self.augments],
+                             [a.noise for a in self.augments], self.augment_gens)
         losses = []
         for runs, params in self.chunks:
             drop = self._dropout(runs) if self.use_dropout else models.no_dropout
@@ -323,10 +338,20 @@ class Pack:
             self.spare_grad = torch.empty_like(self.flat)
         return self.spare_grad
 
+    def _expose(self) -> None:
+        """The train set in use at this step: under gradual exposure the first `exposure.size(n, step)` examples
+        of each run's split (a growing prefix of its exposure order), else the whole split. The sampler's epoch
+        in progress finishes over the positions it drew (all still exposed); its next epoch shuffles the grown set."""
+        m = self.cfg.train.exposure.size(self.split_idx.shape[1], self.step)
+        if m != self.train_idx.shape[1]:
+            self.train_idx = self.split_idx[:, :m]
+            self.sampler.n = m
+
     def train_step(self) -> None:
         """One update of every run: sample its batch, take its gradient, freeze it if the loss or the
         gradient is not finite, optimizer step; then the batch-size schedule may change the batch."""
         t, cfg = self.cfg.train, self.cfg
+        self._expose()
         self.batch_size = sampling.scheduled_batch_size(t, self.step, self.batch_size)
         b, k = self.sampler.effective(self.batch_size), t.accumulate
         positions = self.sampler.next(b * k)
@@ -372,7 +397,9 @@ class Pack:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, torch.Tensor]:
-        """Loss and accuracy on each run's full train and val sets, parameter norm, current lr."""
+        """Loss and accuracy on each run's full train and val sets, parameter norm, current lr. The train set is
+        the one in use: under gradual exposure the examples exposed so far (what the run has seen)."""
+        self._expose()
         out: dict[str, torch.Tensor] = {}
         self._refresh_compute()
         chunk = max(1, EVAL_ROWS // self.size)
@@ -411,7 +438,8 @@ class Pack:
         counters = {"samples": self.samples,
                     "batch_size": self.sampler.effective(self.batch_size) * self.cfg.train.accumulate,
                     "seconds": time.perf_counter() - self.start_time,
-                    "noise_scale": self.noise.value if self.noise is not None else float("nan")}
+                    "noise_scale": self.noise.value if self.noise is not None else float("nan"),
+                    "train_size": self.train_idx.shape[1]}
         diverged = self.diverged_at.cpu().tolist()
         measured = {k: v.detach().cpu().tolist() for k, v in self.measures.at_evaluation(ev).items()}
         done = []
@@ -494,6 +522,7 @@ class Pack:
             "sampler_buffer": self.sampler.buffer[keep],
             "dropout_gens": [self.dropout_gens[r].get_state() for r in keep],
             "measure_gens": [self.measure_gens[r].get_state() for r in keep],
+            "augment_gens": [self.augment_gens[r].get_state() for r in keep],
             "streaks": [copy.deepcopy(self.streaks[r]) for r in keep],
             "measures": self.measures.state(keep),
             "diverged_at": rows(self.diverged_at),
@@ -525,12 +554,18 @@ class Pack:
             g.set_state(st)
         for g, st in zip(self.measure_gens, sd["measure_gens"]):
             g.set_state(st)
+        for g, st in zip(self.augment_gens, sd.get("augment_gens", [])):  # states from before augmentation lack it
+            g.set_state(st)
+        self._expose()
         self.streaks = copy.deepcopy(sd["streaks"])
         self.measures.load(sd["measures"])
         self.diverged_at = sd["diverged_at"].to(dev)
         if self.noise is not None and sd["noise"] is not None:
             self.noise.trace, self.noise.g2 = sd["noise"]
         self.end_step, self.curves = list(sd["end_step"]), [copy.deepcopy(c) for c in sd["curves"]]
+        for c in self.curves:  # a counter added since the state was saved: unknown at its earlier evaluations
+            for k in metrics.COUNTERS:
+                c.setdefault(k, [None] * len(c["step"]))
         self.memorized, self.grokked = list(sd["memorized"]), list(sd["grokked"])
 
     def release_spent(self) -> list[RunResult]:
@@ -550,10 +585,12 @@ class Pack:
         self.opt_state = self.opt_state.select(k)
         self.hyper = self.hyper.select(k)
         self.sampler.select(keep)
-        self.train_idx, self.val_idx = self.train_idx[k], self.val_idx[k]
+        self.split_idx, self.val_idx = self.split_idx[k], self.val_idx[k]
+        self.train_idx = self.split_idx[:, : self.train_idx.shape[1]]
         self.dropout_p, self.diverged_at = self.dropout_p[k], self.diverged_at[k]
         self.dropout_gens = [self.dropout_gens[i] for i in keep]
         self.measure_gens = [self.measure_gens[i] for i in keep]
+        self.augment_gens, self.augments = [self.augment_gens[i] for i in keep], [self.augments[i] for i in keep]
         self.measures.select(keep)
         for name in ("configs", "end_step", "curves", "memorized", "grokked", "streaks"):
             setattr(self, name, [getattr(self, name)[i] for i in keep])

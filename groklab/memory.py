@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from groklab.config import Config, ConfigError, TaskConfig
+from groklab.config import FEATURE_TASKS, Config, ConfigError, TaskConfig
 
 FLOAT = 4
 SAFETY = 0.6  # share of free memory a pack may plan to use
@@ -28,7 +28,39 @@ def task_shape(t: TaskConfig) -> tuple[int, int, int, int, int]:
         return 2**t.bits, t.bits + 1, 3, 2, 1
     if t.name == "sequence":
         return t.symbols**t.length, 2 * t.length + 1, t.symbols + 1 + t.length, t.symbols, t.length
+    if t.name == "images":
+        from groklab.tasks import images
+
+        f = images.describe(t.path)
+        c, h, w = f.image_shape
+        return f.n, c * h * w, 0, f.n_classes, 1
     return 1797, 64, 0, 10, 1
+
+
+def _cnn_sizes(cfg: Config) -> tuple[int, int]:
+    """(parameters, activation floats per example) of the cnn: per layer the k×k patches (one copy of the input
+    per kernel position), the conv output, norm, activation and pool outputs."""
+    _, _, _, c, _ = task_shape(cfg.task)
+    m = cfg.model
+    cin, h, w = cfg.task.image_shape
+    k2, params, acts = m.kernel_size**2, 0, 0
+    for cout in m.channels:
+        params += cout * cin * k2 + 2 * cout
+        acts += h * w * (cin * k2 + 4 * cout)
+        if m.pool != "none":
+            h, w = h // 2, w // 2
+        cin = cout
+    return params + cin * h * w * c + c, acts
+
+
+def _rnn_sizes(cfg: Config) -> tuple[int, int]:
+    """(parameters, activation floats per example) of the rnn: per layer and time step the gates of the input
+    and of the hidden state, their nonlinearities and the new states."""
+    _, t, v, c, n_out = task_shape(cfg.task)
+    d, layers = cfg.model.width, cfg.model.layers
+    gd = (3 if cfg.model.cell == "gru" else 4) * d
+    params = v * d + layers * (2 * d * gd + 2 * gd) + d * c + c
+    return params, t * d + layers * t * (3 * gd + 6 * d)
 
 
 def _sizes(cfg: Config) -> tuple[int, int]:
@@ -39,8 +71,13 @@ def _sizes(cfg: Config) -> tuple[int, int]:
     if m.kind == "transformer":
         params = v * d + t * d + layers * (4 * d * d + 2 * d * h + 10 * d + h) + d * c * n_out + c
         return params, t * layers * (10 * d + 2 * h + m.heads * t) + t * v
-    inputs = t if cfg.task.name == "digits" else 2 * d
-    emb = 0 if cfg.task.name == "digits" else v * d
+    if m.kind == "cnn":
+        return _cnn_sizes(cfg)
+    if m.kind == "rnn":
+        return _rnn_sizes(cfg)
+    features = cfg.task.name in FEATURE_TASKS
+    inputs = t if features else 2 * d
+    emb = 0 if features else v * d
     if m.kind == "mlp":
         return emb + inputs * d + (layers - 1) * d * d + d * c * n_out, layers * d * 4
     return emb + inputs * d + layers * (2 * d * h + h + 4 * d) + d * c * n_out, layers * (3 * d + 2 * h)

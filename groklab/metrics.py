@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 EVAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm", "lr")
 # Recorded at every evaluation beside the metrics: samples seen so far (steps x batch), the batch
-# size in use (x accumulate), wall seconds since the pack started, and the gradient noise scale
-# (adaptive batch schedules only).
-COUNTERS = ("samples", "batch_size", "seconds", "noise_scale")
+# size in use (x accumulate), wall seconds since the pack started, the gradient noise scale
+# (adaptive batch schedules only), and the train-set size in use (growing under gradual exposure).
+COUNTERS = ("samples", "batch_size", "seconds", "noise_scale", "train_size")
 
 # "Still rising": train accuracy gained at least this much over the last quarter of evaluations.
 RISING = 0.01

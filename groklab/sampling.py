@@ -22,6 +22,9 @@ class BatchSampler:
     an epoch boundary takes the end of one permutation and the start of the next (so k batches of b
     are exactly one batch of k*b: gradient accumulation sees the same examples as the big batch).
     with_replacement: b independent uniform draws per run and step.
+    Under gradual exposure the Pack grows `n` (the exposed prefix of each run's split): positions
+    already drawn stay valid, so an epoch in progress finishes as drawn and the next one covers the
+    grown set.
     """
 
     def __init__(self, generators: list[torch.Generator], n: int, replacement: bool = False):

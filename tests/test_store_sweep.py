@@ -109,7 +109,7 @@ BAD = [
     (["task.train_frac=0"], "task.train_frac: must lie strictly between 0 and 1"),
     (["task.train_frac=1.5"], "task.train_frac"),
     (["task.op=x**y"], "task.op: 'x**y' is not an operation of task 'modular'; allowed: x+y"),
-    (["model.kind=cnn"], "model.kind: got 'cnn'; allowed: 'transformer', 'mlp' or 'resmlp'"),
+    (["model.kind=vit"], "model.kind: got 'vit'; allowed: 'transformer', 'mlp', 'resmlp', 'cnn' or 'rnn'"),
     (["model.norm=batch"], "model.norm"),
     (["optim.name=rmsprop"], "optim.name"),
     (["train.steps=5", "nonsense"], "must look like key=value"),

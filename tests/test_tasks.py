@@ -52,3 +52,9 @@ def test_split_is_seeded_disjoint_and_sized():
     assert torch.equal(tr, tr2) and not torch.equal(tr, tr3)
     assert len(tr) == round(0.3 * 529) and len(tr) + len(va) == 529
     assert set(tr.tolist()).isdisjoint(va.tolist())
+
+
+def test_image_tasks_give_their_image_shape():
+    """(channels, height, width) for the cnn and augmentation, on the task and on its config; None otherwise."""
+    assert make_task(TaskConfig(name="digits")).image_shape == (1, 8, 8) == TaskConfig(name="digits").image_shape
+    assert make_task(TaskConfig(modulus=5)).image_shape is None and TaskConfig(modulus=5).image_shape is None

@@ -20,4 +20,4 @@ def make() -> Task:
     data = load_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0  # pixel values 0..16 -> [0, 1]
     y = torch.tensor(data.target, dtype=torch.long)
-    return Task(inputs=x, labels=y, vocab_size=0, n_classes=10)
+    return Task(inputs=x, labels=y, vocab_size=0, n_classes=10, image_shape=(1, 8, 8))
