@@ -190,3 +190,17 @@ def test_verify_decides_stores_and_reproduces_without_training(tmp_path, capsys)
     md = (tmp_path / "md" / "findings.md").read_text()
     assert "### decay-sooner" in md and "**supported**" in md and "findings_figures/claim_decay-sooner.png" in md
     assert (tmp_path / "md" / "findings_figures" / "claim_decay-sooner.png").stat().st_size > 0
+
+
+def test_conditions_match_defaults_and_sections():
+    """A run without a key has its default (stored configs leave out what does not apply); a section that is
+    set (a batch schedule, flattened into sub-keys) is not null."""
+    runs = pd.DataFrame({"train.batch_schedule": [None, np.nan, np.nan],
+                         "train.batch_schedule.kind": [np.nan, "adaptive", "ramp"],
+                         "train.exposure.kind": [np.nan, np.nan, "gradual"]})
+    assert hypotheses._matches(runs, {"train.batch_schedule": None}, "a").tolist() == [True, False, False]
+    assert hypotheses._matches(runs, {"train.batch_schedule.kind": "adaptive"}, "b").tolist() == [False, True, False]
+    assert hypotheses._matches(runs, {"train.exposure.kind": "abrupt"}, "a").tolist() == [True, True, False]
+    assert hypotheses._matches(runs, {"task.augment.shift": 0}, "a").tolist() == [True, True, True]
+    with pytest.raises(ConfigError, match="a.optim.bogus"):
+        hypotheses._matches(runs, {"optim.bogus": 1}, "a")

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import copy
 import math
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,7 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from scipy import stats as scipy_stats
 
 from groklab.analysis import outcomes, phases, stats, tables
-from groklab.config import ConfigError, load_yaml
+from groklab.config import Config, ConfigError, flatten, load_yaml
 
 SCALES = ("small", "full")
 VERDICTS = ("supported", "contradicted", "inconclusive", "untestable")
@@ -221,13 +222,41 @@ def sweep_spec(hf: HypothesesFile, key: str, scale: str) -> dict[str, Any]:
     return spec
 
 
+def _defaults() -> dict[str, Any]:
+    """Every config key's default, flattened: a stored config leaves out keys that do not apply (a default
+    exposure, no augmentation), so a run without the key has its default. An optional section that is off by
+    default (`train.exposure`, `task.augment`) contributes its own fields' defaults."""
+    out = flatten(Config().model_dump(mode="json"))
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            for sub in typing.get_args(field.annotation) or (field.annotation,):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    try:
+                        for k, v in flatten(sub().model_dump(mode="json")).items():
+                            out.setdefault(f"{prefix}{name}.{k}", v)
+                    except ValidationError:  # a section with required fields has no default to offer
+                        pass
+                    walk(sub, f"{prefix}{name}.")
+
+    walk(Config, "")
+    return out
+
+
 def _matches(runs: pd.DataFrame, cond: dict[str, Any], what: str) -> np.ndarray:
     mask = np.ones(len(runs), dtype=bool)
+    defaults = _defaults()
     for key, want in cond.items():
-        if key not in runs:
+        if key not in runs and key not in defaults:
             raise ConfigError(f"{what}.{key}: not a config key of the sweep's runs")
         wanted = [tables.hashable(w) for w in (want if isinstance(want, list) else [want])]
-        col = runs[key].map(tables.hashable)
+        raw = runs[key] if key in runs else pd.Series([None] * len(runs), index=runs.index, dtype=object)
+        col = raw.map(lambda v, k=key: defaults.get(k) if v is None or (isinstance(v, float) and math.isnan(v))
+                      else v).map(tables.hashable)
+        # A set section (a batch schedule) is flattened into its sub-keys: its own column is empty, not null.
+        sub = [c for c in runs.columns if c.startswith(f"{key}.")]
+        if sub:
+            col = col.where(~runs[sub].notna().any(axis=1).to_numpy(), "<section>")
         hit = np.zeros(len(runs), dtype=bool)
         for w in wanted:
             hit |= np.array([_same(v, w) for v in col])
