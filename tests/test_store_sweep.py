@@ -21,8 +21,9 @@ def test_sweep_stores_everything_and_rerun_trains_nothing(micro, tmp_path, monke
     assert len(df) == 4 and set(df["optim.weight_decay"]) == {0.1, 1.0} and set(df["train.seed"]) == {0, 1}
     st = groklab.open_store(db)
     n_metrics = len(st.metrics())
-    # runs x evals (0..120 by 20) x (8 metrics + the default measures: 6 norm groups and softmax collapse)
-    assert n_metrics == 4 * 7 * 15
+    # runs x evals (0..120 by 20) x (9 metrics and counters, train_size among them, + the default measures:
+    # 6 norm groups and softmax collapse)
+    assert n_metrics == 4 * 7 * 16
     before = rows_hash(db)
 
     def boom(*a, **k):
@@ -175,4 +176,4 @@ def test_cli_sweep_report_export(micro, tmp_path, capsys):
     cells = pd.read_csv(out / "cells.csv")
     assert len(cells) == 2 and cells["seeds"].tolist() == [2, 2]
     assert main(["export", "--store", str(db), "-o", str(tmp_path / "exp")]) == 0
-    assert len(pd.read_csv(tmp_path / "exp" / "metrics.csv")) == 4 * 7 * 15
+    assert len(pd.read_csv(tmp_path / "exp" / "metrics.csv")) == 4 * 7 * 16

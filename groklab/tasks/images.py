@@ -8,8 +8,8 @@ What `task.path` may name (docs/data.md):
   * a folder: the `train-images-idx3-ubyte[.gz]` / `train-labels-idx1-ubyte[.gz]` pair in it (MNIST's 60,000
     training images, which the Omnigrok setup draws its train set from).
 Pixels become floats in [0, 1]: integer pixels (0..255) are divided by 255; float pixels must already lie in
-[0, 1]. The number of classes is the largest label + 1. Anything missing or malformed is a ConfigError naming
-`task.path` and what was expected (CLI exit 2).
+[0, 1]. The number of classes is the largest label + 1. Anything missing or malformed is an ImageFileError
+(a ConfigError once the config validates it) naming `task.path` and what was expected (CLI exit 2).
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from groklab.config import ConfigError
 from groklab.tasks import Task
+
+
+class ImageFileError(ValueError):
+    """A missing or malformed `task.path`. A ValueError, so the config's validator reports it as a ConfigError
+    naming the key (tasks come after the config in the one-way flow and do not import it)."""
 
 EXPECTED = ("a .npz file with arrays x and y, an MNIST images file *-images-idx3-ubyte[.gz] with its labels file "
             "beside it, or a folder holding train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]")
@@ -39,8 +43,8 @@ class ImageFile:
     n_classes: int
 
 
-def _error(path: str, what: str) -> ConfigError:
-    return ConfigError(f"task.path: {path!r}: {what}; expected {EXPECTED}")
+def _error(path: str, what: str) -> ImageFileError:
+    return ImageFileError(f"task.path: {path!r}: {what}; expected {EXPECTED}")
 
 
 def _idx_pair(path: str) -> tuple[Path, Path]:
@@ -86,7 +90,7 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...] | None
                 raise _error(path, f"arrays {sorted(z.files)}, not x and y")
             shape = tuple(int(v) for v in z["image_shape"]) if "image_shape" in z.files else None
             return z["x"], z["y"], shape
-    except ConfigError:
+    except ImageFileError:
         raise
     except Exception as e:  # a zip that is not a npz, a pickled array, a truncated file ...
         raise _error(path, f"not a readable .npz file ({type(e).__name__}: {e})") from None
@@ -146,7 +150,7 @@ def _read(path: str, stamp: tuple) -> tuple[np.ndarray, np.ndarray, tuple[int, i
 
 
 def _stamp(path: str) -> tuple:
-    """The mtime and size of each file `path` names (ConfigError if there is none)."""
+    """The mtime and size of each file `path` names (ImageFileError if there is none)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise _error(path, "no such file or folder")
@@ -161,7 +165,7 @@ def _describe(path: str, stamp: tuple) -> ImageFile:
 
 
 def describe(path: str) -> ImageFile:
-    """Examples, image shape and classes of the file `path` names (ConfigError if missing or malformed)."""
+    """Examples, image shape and classes of the file `path` names (ImageFileError if missing or malformed)."""
     return _describe(path, _stamp(path))
 
 
