@@ -217,3 +217,18 @@ def test_comparisons_give_effect_sizes_along_each_axis_with_censored_runs():
     pairs = cmp[cmp["comparison"].str.contains("→")]
     assert list(pairs["comparison"]) == ["0.0 → 0.3", "0.3 → 1.0"]
     assert (pairs["estimate"] < 1).all() and (pairs["high"] < 1).all() and (pairs["p"] < 0.05).all()
+
+
+def test_folds_table_gives_mean_and_spread_over_folds_and_the_selected_setting():
+    rows = []
+    for wd, accs in ((0.1, [0.5, 0.7, 0.6, 0.6]), (1.0, [0.95, 0.99, 0.97, 0.97])):
+        for fold, acc in enumerate(accs):
+            rows.append({"run_id": f"{wd}-{fold}", "optim.weight_decay": wd, "task.fold": fold, "final_val_acc": acc,
+                         "grokked_step": 500 if acc > 0.96 else None})
+    cv = tables.folds(pd.DataFrame(rows), ["optim.weight_decay", "task.fold"])
+    assert list(cv["folds"]) == [4, 4] and list(cv["grokked"]) == [0, 3]
+    assert cv["val_acc_mean"].tolist() == pytest.approx([0.6, 0.97])
+    spread = [np.std([0.5, 0.7, 0.6, 0.6], ddof=1), np.std([0.95, 0.99, 0.97, 0.97], ddof=1)]
+    assert cv["val_acc_std"].tolist() == pytest.approx(spread)
+    assert cv["selected"].tolist() == [False, True]
+    assert tables.folds(pd.DataFrame(rows), ["optim.weight_decay"]).empty

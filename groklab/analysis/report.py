@@ -143,7 +143,8 @@ def report(store: Store, sweep: str | None = None, out: str | Path = "report", r
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with figures.style():
-        body = [cells_section(d, out), comparisons_section(d, out), curves_section(d, out), phase_section(d, out),
+        body = [cells_section(d, out), *folds_section(d, out), comparisons_section(d, out), curves_section(d, out),
+                phase_section(d, out),
                 survival_section(d, out),
                 axes_section(d, out), scaling_section(d, out), measures_section(d, out), runs_section(d, out)]
     parts = [overview(d), *sections, *body]
@@ -251,6 +252,28 @@ def cells_section(d: Data, out: Path) -> page.Section:
             "“not reached”: fewer than half the cell's runs grokked within their budgets. Wall seconds depend on "
             "the machine's load and on the pack size.</p>")
     return page.Section("Cells", note + page.table(show))
+
+
+def folds_section(d: Data, out: Path) -> list[page.Section]:
+    """A sweep over task.fold: each setting's val accuracy as mean ± spread over the folds (none otherwise)."""
+    cv = tables.folds(d.runs, d.axes)
+    if cv.empty:
+        return []
+    cv.to_csv(out / "folds.csv", index=False)
+    others = [a for a in d.axes if a != "task.fold"]
+    show = pd.DataFrame({**{short(a): cv[a].map(page.fmt) for a in others},
+                         "folds": cv["folds"], "runs": cv["runs"],
+                         "val acc mean ± sd": [f"{page.fmt(m, 'acc')} ± {page.fmt(sd, 'acc')}"
+                                               for m, sd in zip(cv["val_acc_mean"], cv["val_acc_std"])],
+                         "range": [f"{page.fmt(lo, 'acc')}–{page.fmt(hi, 'acc')}"
+                                   for lo, hi in zip(cv["val_acc_min"], cv["val_acc_max"])],
+                         "grokked": [f"{k}/{n}" for k, n in zip(cv["grokked"], cv["runs"])],
+                         "selected": ["← K-fold choice" if sel else "" for sel in cv["selected"]]})
+    (out / "folds.md").write_text(tables.to_markdown(show))
+    note = ('<p class="note">K-fold cross-validation: each setting of the other axes, its final val accuracy over '
+            "the folds (each fold held out once) as mean ± standard deviation and range. The setting with the "
+            "highest mean is the one K-fold validation selects.</p>")
+    return [page.Section("Cross-validation", note + page.table(show))]
 
 
 def comparisons_section(d: Data, out: Path) -> page.Section:

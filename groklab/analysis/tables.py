@@ -163,3 +163,23 @@ def comparisons(runs: pd.DataFrame, axes: list[str], curves: pd.DataFrame | None
             if len(rows) >= MAX_COMPARISONS:
                 return pd.DataFrame(rows[:MAX_COMPARISONS])
     return pd.DataFrame(rows, columns=["axis", "others fixed", "comparison", "statistic", "estimate", "low", "high", "p"])
+
+
+def folds(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """K-fold cross-validation (a sweep over `task.fold`): per combination of the other axes, final val
+    accuracy as mean ± standard deviation over folds (and seeds), its range, and how many runs grokked. The
+    combination with the highest mean is the one K-fold validation selects (column `selected`). Empty when
+    `task.fold` is not swept."""
+    if "task.fold" not in axes:
+        return pd.DataFrame()
+    others = [a for a in axes if a != "task.fold"]
+    rows = []
+    for key, g in groups(runs, others):
+        acc = g["final_val_acc"].astype(float)
+        rows.append({**dict(zip(others, key)), "folds": int(g["task.fold"].nunique()), "runs": len(g),
+                     "val_acc_mean": float(acc.mean()), "val_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                     "val_acc_min": float(acc.min()), "val_acc_max": float(acc.max()),
+                     "grokked": int(g["grokked_step"].notna().sum())})
+    out = pd.DataFrame(rows)
+    out["selected"] = out["val_acc_mean"] == out["val_acc_mean"].max()
+    return out
