@@ -3,6 +3,7 @@ decide each claim (groklab.analysis.hypotheses), store the verdicts and write th
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,10 @@ def write_markdown(hf: hypotheses.HypothesesFile, scale: str, rows: list[dict], 
     for row in rows:
         if row["verdict"] != "untestable":
             verdicts.claim_figure(row, data[row["id"]], figs / f"claim_{row['id']}", formats=("png",))
-    source = hf.path if hf.path is not None else "HYPOTHESES.yaml"
+    source = "HYPOTHESES.yaml"
+    if hf.path is not None:  # as the user would type it here: relative to the working folder when inside it
+        rel = os.path.relpath(hf.path)
+        source = hf.path if rel.startswith("..") else rel
     command = f"groklab verify {source} --scale {scale}"
     path.write_text(verdicts.markdown(rows, figs.name, command))
     return path
