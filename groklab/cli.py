@@ -89,6 +89,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
+    from groklab.analysis import page
     from groklab.verify import verify
 
     _threads(a)
@@ -103,7 +104,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
         if r["verdict"] == "untestable":
             line += r["reason"]
         else:
-            line += f"{r['effect']}; p(Holm) {_p(r.get('p_holm'))}"
+            line += f"{r['effect']}; p(Holm) {page.fmt(r.get('p_holm'), 'p')}"
             if r.get("seeds_needed"):
                 line += f"; ~{r['seeds_needed']} seeds/condition would decide it"
             if a.output:
@@ -112,10 +113,6 @@ def cmd_verify(a: argparse.Namespace) -> int:
     if a.output:
         print(f"report written to {a.output}/index.html")
     return 0
-
-
-def _p(p: float | None) -> str:
-    return "–" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def cmd_ls(a: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ scaling fit gets none: its uncertainty comes from how many cells have a median, 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import typing
 from pathlib import Path
@@ -222,6 +223,7 @@ def sweep_spec(hf: HypothesesFile, key: str, scale: str) -> dict[str, Any]:
     return spec
 
 
+@functools.cache
 def _defaults() -> dict[str, Any]:
     """Every config key's default, flattened: a stored config leaves out keys that do not apply (a default
     exposure, no augmentation), so a run without the key has its default. An optional section that is off by
@@ -245,7 +247,7 @@ def _defaults() -> dict[str, Any]:
 
 def _matches(runs: pd.DataFrame, cond: dict[str, Any], what: str) -> np.ndarray:
     mask = np.ones(len(runs), dtype=bool)
-    defaults = _defaults()
+    defaults = _defaults()  # cached: the same for every condition of every claim
     for key, want in cond.items():
         if key not in runs and key not in defaults:
             raise ConfigError(f"{what}.{key}: not a config key of the sweep's runs")

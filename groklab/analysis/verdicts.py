@@ -60,8 +60,7 @@ def claim_figure(verdict: dict, data: dict, base: Path, formats: tuple[str, ...]
 
 
 def _unit(measure: str) -> str:
-    return {"grokked_samples": "samples (examples seen)", "grokked_seconds": "wall seconds (load-dependent)"}.get(
-        measure, "step")
+    return figures.UNITS[{"grokked_samples": "samples", "grokked_seconds": "seconds"}.get(measure, "step")]
 
 
 def section(verdicts: list[dict], figures_dir: Path | None, title: str) -> page.Section:
