@@ -1,4 +1,4 @@
-"""`groklab` command line: run, sweep, report, verify, ls, show, export.
+"""`groklab` command line: run, sweep, report, verify, repro, ls, show, export.
 
 Exit codes: 0 ok, 2 bad input (the message names the key and what is allowed), 1 internal error.
 """
@@ -85,6 +85,35 @@ def cmd_report(a: argparse.Namespace) -> int:
         sections = [verdicts.section(tested, None, "Verdicts of claims tested on this sweep")] if tested else []
         out = report(st, sweep=a.sweep, out=a.output, sections=sections)
     print(f"report written to {out}/index.html")
+    return 0
+
+
+def cmd_repro(a: argparse.Namespace) -> int:
+    from groklab import repro
+
+    if a.list:
+        for name, line in repro.listing():
+            print(f"{name:<14}{line}")
+        return 0
+    if a.preset is None:
+        raise ConfigError(f"repro: name a preset (allowed: {', '.join(repro.names())}) or give --list")
+    _threads(a)
+    result = repro.repro(a.preset, scale=a.scale, store=a.store, out=a.output, train=not a.no_train,
+                         progress=not a.quiet, markdown=a.markdown)
+    if a.json:
+        print(json.dumps(result, indent=1, default=str))
+        return 0
+    print(f"{result['preset']} ({result['scale']}): {result['verdict']}")
+    if "numbers" in result:
+        import pandas as pd
+
+        shown = repro.display(pd.DataFrame(result["numbers"])).drop(columns=["source"])
+        print(shown.to_string(index=False))
+    else:
+        for r in result["claims"]:
+            print(f"  {r['id']:<28}{r['verdict']}")
+    if a.output:
+        print(f"report written to {a.output}/index.html")
     return 0
 
 
@@ -245,6 +274,23 @@ def parser() -> argparse.ArgumentParser:
     vf.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     threads_arg(vf)
     vf.set_defaults(func=cmd_verify)
+
+    rr = sub.add_parser("repro", help="reproduce a published grokking setup: run it, compare with the paper",
+                        description="Run preset NAME end to end (stored runs are reused) and compare groklab's "
+                                    "numbers with the published ones (docs/reproductions.md).")
+    rr.add_argument("preset", metavar="NAME", nargs="?", help="a preset (see --list) or a preset file")
+    rr.add_argument("--list", action="store_true", help="list the presets, one line each")
+    store_arg(rr)
+    rr.add_argument("--scale", default="small", choices=["small", "paper"],
+                    help="small: minutes on a laptop CPU (default); paper: the published size")
+    rr.add_argument("-o", "--output", default=None, help="also write the report to this folder")
+    rr.add_argument("--markdown", default=None, metavar="FILE", help="also write the agreement table as Markdown")
+    rr.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    rr.add_argument("--no-train", action="store_true", help="read stored runs only; an error names any sweep with "
+                    "runs missing")
+    rr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    threads_arg(rr)
+    rr.set_defaults(func=cmd_repro)
 
     ls = sub.add_parser("ls", help="list stored runs")
     store_arg(ls)

@@ -84,6 +84,14 @@ class _Strict(BaseModel):
             if not applies and key in self.model_fields_set and getattr(self, key) != default:
                 raise InapplicableKey(f"{prefix}.{key}", where)
 
+    # Keys added after runs were stored stay out of the resolved form (and so the run id) while at their
+    # default: adding them left the id of every earlier run as it was.
+    def _omit_defaults(self, d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+        for key in keys:
+            if getattr(self, key) == type(self).model_fields[key].default:
+                d.pop(key, None)
+        return d
+
 
 def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
@@ -119,6 +127,10 @@ class TaskConfig(_Strict):
         "y = 0); s5: " + " ".join(f"`{o}`" for o in S5_OPS) + "; sequence: `sort` `reverse` `copy`. Default "
         "`x+y` / `x*y` / `sort`")
     modulus: int = Field(97, ge=2, le=2000, description="the prime p of a `modular` task")
+    op_token: bool = Field(True, description="`modular`: inputs `[x, op, y, =]` (Power et al.; Grokfast) or, "
+                           "false, `[x, y, =]` without the operator token (Nanda et al., 2023: d_vocab p+1)")
+    skip_zero: bool = Field(False, description="`modular`: leave out the pairs with y = 0 (`x/y` always does; "
+                            "Grokfast's x·y mod 97 has x in [0, 97), y in [1, 97): 9,312 pairs)")
     train_frac: float = Field(0.5, description="fraction of the examples in the train set, in (0, 1); the split "
                               "is drawn from the run's seed")
     train_size: int | None = Field(None, ge=1, description="train-set size as a count (replaces `train_frac`), "
@@ -168,6 +180,8 @@ class TaskConfig(_Strict):
         folds = self.folds is not None
         self._refuse_inapplicable("task", {
             "modulus": (self.name == "modular", "to task.name=modular"),
+            "op_token": (self.name == "modular", "to task.name=modular"),
+            "skip_zero": (self.name == "modular", "to task.name=modular"),
             "bits": (self.name == "parity", "to task.name=parity"),
             "k": (self.name == "parity", "to task.name=parity"),
             "symbols": (self.name == "sequence", "to task.name=sequence"),
@@ -206,13 +220,13 @@ class TaskConfig(_Strict):
                             ("augment", not self.augment.on), ("path", self.path is None)):
             if unused:
                 d.pop(key, None)
-        return d
+        return self._omit_defaults(d, ("op_token", "skip_zero"))
 
     @property
     def n_examples(self) -> int:
         """Examples in the whole task, computed without building it (an image file: read once, then cached)."""
         if self.name == "modular":
-            return self.modulus * (self.modulus - 1 if self.op == "x/y" else self.modulus)
+            return self.modulus * (self.modulus - 1 if self.op == "x/y" or self.skip_zero else self.modulus)
         if self.name == "images":
             from groklab.tasks import images
 
@@ -229,12 +243,14 @@ class TaskConfig(_Strict):
         return IMAGE_TASKS.get(self.name)
 
 
-NORMS = {"transformer": ("post", "pre", "none"), "mlp": ("none", "batch", "layer"), "resmlp": ("none", "batch", "layer"),
+NORMS = {"transformer": ("post", "pre", "pre_replace", "none"), "mlp": ("none", "batch", "layer"),
+         "resmlp": ("none", "batch", "layer"),
          "cnn": ("none", "batch"), "rnn": ("none",)}
 FEATURE_TASKS = ("digits", "images")
 FOURIER_OPS = ("x+y",)  # the progress measures of Nanda et al. read the cos/sin(w(a+b)) directions
 TOKEN_MODELS = ("transformer", "rnn")  # models that read token ids, not features
 CNN_KEYS, RNN_KEYS = ("channels", "kernel_size", "pool"), ("cell",)
+BIAS_PARTS = {"transformer": ("attn", "mlp", "unembed"), "mlp": ("hidden", "out"), "resmlp": ("hidden", "out")}
 
 
 def models_for(task: str) -> tuple[str, ...]:
@@ -270,9 +286,11 @@ class ModelConfig(_Strict):
     cell: Literal["gru", "lstm"] = Field("gru", description="rnn: the recurrent cell, with the gates, equations and "
                                          "initialisation of nn.GRU / nn.LSTM (sigmoid and tanh: `activation` does "
                                          "not apply)")
-    norm: Literal["pre", "post", "none", "batch", "layer"] | None = Field(
-        None, description="normalisation. transformer: `post` (default), `pre`, `none` (no layer-norm parameters at "
-        "all); mlp / resmlp: `none` (default), `layer`, `batch` (per-run running statistics: batch statistics in "
+    norm: Literal["pre", "post", "pre_replace", "none", "batch", "layer"] | None = Field(
+        None, description="normalisation. transformer: `post` (default), `pre`, `pre_replace` (Grokfast's block: "
+        "the first layer norm replaces the residual stream, x = LN(x); x = x + attn(x); x = x + mlp(LN(x))), "
+        "`none` (no layer-norm parameters at all); mlp / resmlp: `none` (default), `layer`, `batch` (per-run running "
+        "statistics: batch statistics in "
         "training, running ones in evaluation, as nn.BatchNorm1d); cnn: `none` (default), `batch` (as "
         "nn.BatchNorm2d, per run); rnn: `none`")
     activation: Literal["relu", "gelu", "quadratic"] | None = Field(
@@ -281,11 +299,23 @@ class ModelConfig(_Strict):
                            "own generator; per run inside a pack")
     init_scale: float = Field(1.0, gt=0.0, description="multiplies every weight matrix and embedding at init "
                               "(Omnigrok's α); per run")
+    bias: list[Literal["attn", "mlp", "unembed", "hidden", "out"]] | None = Field(
+        None, description="the layers that have biases (default: all). transformer: `attn` (q, k, v and output "
+        "projections), `mlp`, `unembed`, e.g. [mlp] for Nanda et al. (2023), [attn, mlp] for Grokfast; mlp / "
+        "resmlp: `hidden`, `out`, e.g. [] for the bias-free MLPs of Doshi et al. (2024) and Prieto et al. (2025); "
+        "not cnn / rnn")
+    input: Literal["embed", "onehot"] = Field(
+        "embed", description="mlp / resmlp on token tasks: `embed` concatenates learned embeddings of the operands; "
+        "`onehot` feeds their one-hot vectors concatenated to the first layer (Doshi et al.; Prieto et al.), so "
+        "there is no embedding table")
+    init_std: float | None = Field(None, gt=0.0, description="with `init: normal`: every weight matrix and "
+                                   "embedding ~ N(0, init_std²) instead of N(0, 1/fan-in) (Doshi et al.: 0.05)")
     init: Literal["pytorch", "normal"] | None = Field(
-        None, description="transformer initialisation. pytorch: as nn.Embedding (N(0, 1)), "
+        None, description="initialisation (transformer, mlp, resmlp). pytorch: as nn.Embedding (N(0, 1)), "
         "nn.MultiheadAttention and nn.Linear, the start of the reference repositories with layer norm (Power et "
         "al.; danielmamay); normal: as Nanda et al. (2023), every matrix and embedding N(0, 1/width), the "
-        "unembedding N(0, 1/classes), biases 0 (embeddings ~11× smaller at width 128). Default: normal for "
+        "unembedding N(0, 1/classes), biases 0 (embeddings ~11× smaller at width 128); for the mlp / resmlp "
+        "every matrix N(0, 1/fan-in). Default: normal for "
         "`norm: none`, whose residual stream nothing rescales (with N(0, 1) embeddings Nanda et al.'s setup "
         "did not grok in 30,000 steps; with normal it grokked at step 9,100), pytorch otherwise; other models: "
         "pytorch (nn.Linear, nn.Conv2d, nn.GRU / nn.LSTM)")
@@ -309,9 +339,22 @@ class ModelConfig(_Strict):
                              f"allowed: {', '.join(NORMS[self.kind])}")
         if self.init is None:
             self.init = "normal" if self.kind == "transformer" and self.norm == "none" else "pytorch"
-        elif self.init == "normal" and self.kind != "transformer":
-            raise InapplicableKey("model.init", "to model.kind=transformer (the other models start as nn.Linear, "
+        elif self.init == "normal" and self.kind in ("cnn", "rnn"):
+            raise InapplicableKey("model.init", "to model.kind=transformer, mlp or resmlp (the cnn and rnn start as "
                                   "nn.Conv2d, nn.GRU / nn.LSTM do)")
+        if self.init_std is not None and self.init != "normal":
+            raise InapplicableKey("model.init_std", "with model.init=normal")
+        if self.bias is not None:
+            allowed = BIAS_PARTS.get(self.kind)
+            if allowed is None:
+                raise InapplicableKey("model.bias", "to model.kind=transformer, mlp or resmlp")
+            wrong = [b for b in self.bias if b not in allowed]
+            if wrong:
+                raise ValueError(f"model.bias: {', '.join(wrong)} is not a part of the {self.kind}; allowed: "
+                                 f"{', '.join(allowed)}")
+            ordered = [b for b in allowed if b in self.bias]
+            if ordered != self.bias:  # (each assignment validates the model again)
+                self.bias = ordered
         cnn = self.kind == "cnn"
         self._refuse_inapplicable("model", {
             "heads": (self.kind == "transformer", "to model.kind=transformer"),
@@ -319,6 +362,7 @@ class ModelConfig(_Strict):
             "layers": (not cnn, "to model.kind other than cnn (whose conv layers are the entries of model.channels)"),
             "width": (not cnn, "to model.kind other than cnn (whose widths are model.channels)"),
             "activation": (not rnn, "to model.kind other than rnn (its cells use sigmoid and tanh, as nn.GRU / nn.LSTM)"),
+            "input": (self.kind in ("mlp", "resmlp"), "to model.kind=mlp or resmlp"),
             **{k: (cnn, "to model.kind=cnn") for k in CNN_KEYS},
             **{k: (rnn, "to model.kind=rnn") for k in RNN_KEYS},
         })
@@ -335,7 +379,13 @@ class ModelConfig(_Strict):
         d = handler(self)
         for k in (CNN_KEYS if self.kind != "cnn" else ()) + (RNN_KEYS if self.kind != "rnn" else ()):
             d.pop(k, None)
-        return d
+        if self.bias is not None and self.bias == list(BIAS_PARTS[self.kind]):
+            d.pop("bias", None)  # all parts named: the default
+        return self._omit_defaults(d, ("bias", "input", "init_std"))
+
+    def has_bias(self, part: str) -> bool:
+        """Whether the layers of `part` (an entry of BIAS_PARTS) have biases."""
+        return self.bias is None or part in self.bias
 
 
 class GrokfastConfig(_Strict):
@@ -376,6 +426,9 @@ class OptimConfig(_Strict):
     nesterov: bool = Field(False, description="SGD Nesterov momentum (needs momentum > 0)")
     warmup_steps: int = Field(10, ge=0, description="linear warmup: lr·min(1, (t+1)/warmup) for update t "
                               "(= LinearLR(0.1, total_iters=9) at 10); per run")
+    warmup_from_zero: bool = Field(False, description="warmup lr·min(1, t/warmup_steps): the first update has lr "
+                                   "0 (LambdaLR(min(t/10, 1)) of Nanda et al. and Grokfast) instead of lr/warmup; "
+                                   "per run")
     schedule: Literal["constant", "cosine", "exponential", "cyclic", "step"] = Field(
         "constant", description="after warmup, on u = steps since warmup: cosine to min_lr_ratio·lr at "
         "train.steps; exponential gamma^u; step gamma^⌊u/step_size⌋; cyclic triangular between min_lr_ratio·lr and "
@@ -418,6 +471,10 @@ class OptimConfig(_Strict):
             "base_batch_size": (self.lr_scaling != "none", "with optim.lr_scaling=linear or sqrt"),
         })
         return self
+
+    @model_serializer(mode="wrap")
+    def _applicable(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return self._omit_defaults(handler(self), ("warmup_from_zero",))
 
 
 class StopConfig(_Strict):
@@ -493,6 +550,8 @@ class TrainConfig(_Strict):
 
     batch_size: int = Field(512, ge=1, description="minibatch per step; ≥ the train size with "
                             "`without_replacement` means full batch")
+    batch_frac: float | None = Field(None, gt=0.0, le=1.0, description="batch = min(batch_size, ⌈batch_frac × "
+                                     "train size⌉): openai/grok's min(512, N/2) is batch_size 512, batch_frac 0.5")
     steps: int = Field(100_000, ge=1, description="step budget; per run")
     eval_every: int = Field(100, ge=1, description="evaluation period on the full train and val sets")
     seed: int = Field(0, ge=0, lt=2**31, description="fixes split, init, batch order and dropout masks "
@@ -542,6 +601,7 @@ class TrainConfig(_Strict):
         sched = self.batch_schedule
         self._refuse_inapplicable("train", {
             "batch_size": (sched is None, "without train.batch_schedule (which replaces it)"),
+            "batch_frac": (sched is None, "without train.batch_schedule (which replaces it)"),
             "accumulate": (sched is None or sched.kind == "ramp", "without an adaptive train.batch_schedule "
                            "(which measures the noise on the two halves of each batch)"),
         })
@@ -553,7 +613,7 @@ class TrainConfig(_Strict):
         d = handler(self)
         if self.exposure.kind == "abrupt":
             d.pop("exposure", None)
-        return d
+        return self._omit_defaults(d, ("batch_frac",))
 
 
 MEASURES = ("norms", "stability", "sharpness", "noise_scale", "fourier")
@@ -650,9 +710,12 @@ class Config(_Strict):
                 key = f"metrics.periods.{name}" if name in self.metrics.periods else "metrics.every"
                 raise ValueError(f"{key}: {self.metrics.period(name, every)} is not a multiple of train.eval_every "
                                  f"({every}); measures are taken at evaluations")
-        if "fourier" in self.metrics.measures and not (t.name == "modular" and t.op in FOURIER_OPS):
-            raise ValueError(f"metrics.measures: fourier applies to task.name=modular with task.op {FOURIER_OPS[0]}; "
-                             f"got task {t.name} {t.op}")
+        if "fourier" in self.metrics.measures and not (t.name == "modular" and t.op in FOURIER_OPS
+                                                        and not t.skip_zero):
+            raise ValueError(f"metrics.measures: fourier applies to task.name=modular with task.op {FOURIER_OPS[0]} "
+                             f"on all p² pairs (task.skip_zero false); got task {t.name} {t.op}")
+        if m.input == "onehot" and t.name in FEATURE_TASKS:
+            raise InapplicableKey("model.input", "to token tasks (a feature task feeds its features)")
         n = t.n_examples
         if t.train_size is not None and t.train_size >= n:
             raise ValueError(f"task.train_size: {t.train_size} leaves no validation examples; task {t.name} has "
@@ -680,6 +743,7 @@ PER_RUN_KEYS = (
     "optim.weight_decay",
     "optim.momentum",
     "optim.warmup_steps",
+    "optim.warmup_from_zero",
     "optim.min_lr_ratio",
     "optim.gamma",
     "optim.step_size",

@@ -201,7 +201,7 @@ class Pack:
         self.step = 0
         self.evaluated_step = -1
         self.samples = 0
-        self.batch_size = sampling.initial_batch_size(cfg.train)
+        self.batch_size = sampling.initial_batch_size(cfg.train, self.split_idx.shape[1])
         self.noise = sampling.noise_scale(cfg.train)
         self.start_time = time.perf_counter()
         # train.compile compiles the loss of a flat parameter chunk: one input tensor, whose views

@@ -27,7 +27,8 @@ import torch
 
 from groklab.config import Config, OptimConfig
 
-_HYPER = ("lr", "weight_decay", "beta1", "beta2", "eps", "momentum", "warmup_steps", "steps", "min_lr_ratio",
+_HYPER = ("lr", "weight_decay", "beta1", "beta2", "eps", "momentum", "warmup_steps", "warmup_offset", "steps",
+          "min_lr_ratio",
           "gamma", "step_size", "cycle_steps", "fixed_norm", "grokfast_alpha", "grokfast_lamb")
 
 
@@ -42,6 +43,7 @@ class Hyper:
     eps: torch.Tensor
     momentum: torch.Tensor
     warmup_steps: torch.Tensor
+    warmup_offset: torch.Tensor  # 1, or 0 with optim.warmup_from_zero
     steps: torch.Tensor
     min_lr_ratio: torch.Tensor
     gamma: torch.Tensor
@@ -55,7 +57,8 @@ class Hyper:
     def from_configs(cls, configs: list[Config], device: torch.device) -> Hyper:
         def row(c: Config) -> list[float]:
             o, gf = c.optim, c.optim.grokfast
-            return [o.lr, o.weight_decay, o.betas[0], o.betas[1], o.eps, o.momentum, o.warmup_steps, c.train.steps,
+            return [o.lr, o.weight_decay, o.betas[0], o.betas[1], o.eps, o.momentum, o.warmup_steps,
+                    0.0 if o.warmup_from_zero else 1.0, c.train.steps,
                     o.min_lr_ratio, o.gamma, o.step_size, o.cycle_steps, o.fixed_norm or 0.0,
                     gf.alpha if gf else 0.0, gf.lamb if gf else 0.0]
 
@@ -70,13 +73,14 @@ def lr_at(hp: Hyper, step: int, schedule: str = "constant", batch_scale: float =
     """Learning rate [R] of update number `step` (0-based): linear warmup, then the schedule.
 
     Warmup is lr * min(1, (step+1)/warmup): with warmup_steps=10 this equals
-    LinearLR(start_factor=0.1, total_iters=9), the schedule of the reference repositories.
+    LinearLR(start_factor=0.1, total_iters=9), the schedule of the reference repositories; with
+    optim.warmup_from_zero lr * min(1, step/warmup), the LambdaLR of Nanda et al. and Grokfast.
     The schedule runs on u = steps since warmup ended; `m` is min_lr_ratio:
       constant 1 | cosine m + (1-m)(1+cos(pi u/U))/2 over U = steps - warmup | exponential gamma^u |
       step gamma^floor(u/step_size) | cyclic triangular m -> 1 -> m with period cycle_steps.
     `batch_scale` is the lr scaling factor for the current batch size (lr_scaling).
     """
-    warm = torch.clamp((step + 1) / hp.warmup_steps.clamp(min=1), max=1.0)
+    warm = torch.clamp((step + hp.warmup_offset) / hp.warmup_steps.clamp(min=1), max=1.0)
     u = (step - hp.warmup_steps).clamp(min=0)
     m = hp.min_lr_ratio
     if schedule == "constant":

@@ -8,6 +8,8 @@ The Pack keeps the state (`sampler`, `batch_size`, `noise`) because checkpoints 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from groklab.config import TrainConfig
@@ -82,10 +84,15 @@ class NoiseScale:
         return float(self.trace / self.g2) if float(self.g2) > 0 else float("inf")
 
 
-def initial_batch_size(train: TrainConfig) -> int:
-    """The batch size of the first step: a schedule's `start`, else `train.batch_size`."""
+def initial_batch_size(train: TrainConfig, n_train: int) -> int:
+    """The batch size of the first step: a schedule's `start`, else `train.batch_size`, capped at
+    ⌈batch_frac × n_train⌉ (openai/grok's min(512, N/2))."""
     sched = train.batch_schedule
-    return sched.start if sched is not None else train.batch_size
+    if sched is not None:
+        return sched.start
+    if train.batch_frac is not None:
+        return min(train.batch_size, math.ceil(train.batch_frac * n_train))
+    return train.batch_size
 
 
 def noise_scale(train: TrainConfig) -> NoiseScale | None:

@@ -41,7 +41,7 @@ def test_a_transformer_without_layer_norm_starts_as_nanda_et_al():
     tok = Pack([nanda]).params["tok"]
     assert tok.std().item() == pytest.approx(128**-0.5, rel=0.05)
     with pytest.raises(ConfigError, match="model.init"):
-        make_config({"model": {"kind": "mlp", "init": "normal"}})
+        make_config({"task": {"name": "digits"}, "model": {"kind": "cnn", "init": "normal"}})
 
 
 @pytest.mark.parametrize("args,key", [

@@ -238,7 +238,15 @@ def test_rnn_one_adamw_step_equals_the_reference(cell):
 @pytest.mark.parametrize("model,task", [({"kind": "cnn", "channels": [3, 5], "norm": "batch"}, {"name": "digits"}),
                                         ({"kind": "rnn", "cell": "gru", "width": 8}, {"modulus": 11}),
                                         ({"kind": "rnn", "cell": "lstm", "width": 8, "layers": 1},
-                                         {"name": "sequence", "symbols": 3, "length": 3})])
+                                         {"name": "sequence", "symbols": 3, "length": 3}),
+                                        # the reproduction presets' models (Nanda et al., Grokfast, Doshi et al.)
+                                        ({"layers": 1, "width": 16, "norm": "none", "bias": ["mlp"],
+                                          "activation": "relu"}, {"modulus": 11, "op_token": False}),
+                                        ({"layers": 2, "width": 16, "norm": "pre_replace", "bias": ["attn", "mlp"]},
+                                         {"modulus": 11, "op": "x*y", "skip_zero": True}),
+                                        ({"kind": "mlp", "layers": 1, "width": 16, "activation": "quadratic",
+                                          "input": "onehot", "bias": [], "init": "normal", "init_std": 0.05},
+                                         {"modulus": 11})])
 def test_pack_equals_solo_for_cnn_and_rnn(model, task):
     """Three runs with different seeds, lr, decay, init scale and dropout in one pack give, bit for bit, the
     curves each gives alone: the convolution and the cells never mix runs."""
@@ -309,3 +317,49 @@ def test_cnn_and_rnn_keys_stay_out_of_other_models_run_ids():
     assert make_config(None, {"model.kind": "rnn"}).resolved()["model"]["cell"] == "gru"
     cnn = make_config(None, {"model.kind": "cnn", "task.name": "digits", "model.channels": [8]})
     assert cnn.resolved()["model"]["channels"] == [8] and make_config(cnn).run_id == cnn.run_id
+
+
+def test_bias_free_onehot_mlp_is_doshi_et_al_s_network():
+    """Linear(2p -> w, no bias) -> x² -> Linear(w -> p, no bias) on one-hot a ⊕ b, weights N(0, 0.05²)."""
+    task = make_task(TaskConfig(modulus=11))
+    cfg = ModelConfig(kind="mlp", layers=1, width=64, activation="quadratic", input="onehot", bias=[], init="normal",
+                      init_std=0.05)
+    p = stacked_init(cfg, task, [0, 1])
+    assert sorted(k for k in p) == ["0.w", "out.w"]  # no biases, no embedding table
+    assert p["0.w"].std().item() == pytest.approx(0.05, rel=0.1)
+    tokens = task.inputs[:30]
+    logits = models.forward(p, tokens.expand(2, -1, -1), cfg, task)[:, :, 0]
+    x = torch.cat([nn.functional.one_hot(tokens[:, 0], task.vocab_size),
+                   nn.functional.one_hot(tokens[:, 2], task.vocab_size)], dim=-1).float()
+    for r in range(2):
+        torch.testing.assert_close(logits[r], (x @ p["0.w"][r]).square() @ p["out.w"][r])
+
+
+def test_nanda_input_format_and_bias_parts():
+    task = make_task(TaskConfig(modulus=11, op_token=False))
+    assert task.inputs.shape[1] == 3 and task.vocab_size == 12 and (task.inputs[:, 2] == 11).all()
+    assert task.operands == (0, 1)
+    cfg = ModelConfig(layers=1, width=16, norm="none", bias=["mlp"])
+    p, _, _ = models.init(cfg, task, run_generator(0, 1))
+    assert {k for k in p if k.endswith(".b")} == {"0.fc1.b", "0.fc2.b"}
+    grokfast = make_task(TaskConfig(modulus=11, op="x*y", skip_zero=True))
+    assert len(grokfast) == 110 and (grokfast.inputs[:, 2] > 0).all()
+
+
+def test_pre_replace_block_is_grokfast_s():
+    """x = LN1(x); x = x + attn(x); x = x + mlp(LN2(x)), as ironjr/grokfast's Block: equal to the pre-norm block
+    applied to LN1(x) with an identity first norm."""
+    task = make_task(TaskConfig(modulus=11))
+    cfg = ModelConfig(layers=1, width=16, heads=4, norm="pre_replace")
+    p = stacked_init(cfg, task, [0])
+    tokens = task.inputs[:20].expand(1, -1, -1)
+    got = models.forward(p, tokens, cfg, task)
+    x = models.embed(p["tok"], tokens) + p["pos"].unsqueeze(1)
+    x = models.layer_norm(x, p["0.ln1.g"], p["0.ln1.b"])
+    from groklab.models.transformer import attention
+
+    x = x[:, :, -1:] + attention(p, 0, x, 4, last=1)
+    h = models.layer_norm(x, p["0.ln2.g"], p["0.ln2.b"])
+    h = models.linear(nn.functional.gelu(models.linear(h, p["0.fc1.w"], p["0.fc1.b"])), p["0.fc2.w"], p["0.fc2.b"])
+    x = models.layer_norm(x + h, p["ln_f.g"], p["ln_f.b"])
+    torch.testing.assert_close(got, models.linear(x, p["unembed.w"], p["unembed.b"]).view_as(got))

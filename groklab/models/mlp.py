@@ -2,7 +2,9 @@
 
 Token tasks: the embeddings of the operand positions are concatenated (x and y for `[x, op, y, =]`;
 the op and '=' tokens carry nothing in a one-operation task), the setup of Omnigrok and Gromov's
-modular MLP. Feature tasks (digits) feed the features through a linear input layer.
+modular MLP; with `input: onehot` their one-hot vectors are (Doshi et al.; Prieto et al.), no embedding table.
+`bias` names the layers with biases (`hidden`, `out`); `init: normal` draws every matrix from N(0, 1/fan-in)
+(or N(0, init_std²)). Feature tasks (digits) feed the features through a linear input layer.
 
 mlp:    `layers` hidden layers  h = dropout(act(norm(W h + b)))
 resmlp: an input layer to `width`, then `layers` pre-norm residual blocks
@@ -12,7 +14,10 @@ norm is none, layer (per-run layer norm) or batch (per-run batch norm with runni
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from groklab.config import ModelConfig
 from groklab.models import (
@@ -43,6 +48,8 @@ def init(cfg: ModelConfig, task: Task, g: torch.Generator) -> tuple[Params, set[
     buffers: Buffers = {}
     if task.features:
         din = task.inputs.shape[1]
+    elif cfg.input == "onehot":
+        din = len(task.operands) * task.vocab_size
     else:
         p["tok"] = torch.randn(task.vocab_size, w, generator=g)
         din = len(task.operands) * w
@@ -61,6 +68,15 @@ def init(cfg: ModelConfig, task: Task, g: torch.Generator) -> tuple[Params, set[
         _norm_params(p, buffers, "final.norm", w, cfg.norm)
         din = w
     p["out.w"], p["out.b"] = linear_init(din, out, g)
+    for k in [k for k in p if k.endswith(".b") and ".norm" not in k]:  # drawn above: the weights stay as they were
+        if not cfg.has_bias("out" if k == "out.b" else "hidden"):
+            del p[k]
+    if cfg.init == "normal":
+        for k in p:
+            if k.endswith(".w") or k == "tok":
+                p[k] = torch.randn(p[k].shape, generator=g) * (cfg.init_std or 1 / math.sqrt(p[k].shape[0]))
+            elif ".norm" not in k:
+                p[k] = torch.zeros_like(p[k])
     scaled = {k for k in p if k.endswith(".w") or k == "tok"}
     return p, scaled, buffers
 
@@ -79,16 +95,18 @@ def forward(
 
     if task.features:
         x = inputs  # [R, B, F]
+    elif cfg.input == "onehot":
+        x = F.one_hot(inputs[..., list(task.operands)], task.vocab_size).flatten(-2).to(p["out.w"].dtype)
     else:
         x = embed(p["tok"], inputs[..., list(task.operands)]).flatten(-2)  # [R, B, n_operands * W]
     if cfg.kind == "mlp":
         for i in range(cfg.layers):
-            x = dropout(act(norm(f"{i}.norm", linear(x, p[f"{i}.w"], p[f"{i}.b"]))))
+            x = dropout(act(norm(f"{i}.norm", linear(x, p[f"{i}.w"], p.get(f"{i}.b")))))
     else:
-        x = linear(x, p["in.w"], p["in.b"])
+        x = linear(x, p["in.w"], p.get("in.b"))
         for i in range(cfg.layers):
-            h = act(linear(norm(f"{i}.norm", x), p[f"{i}.fc1.w"], p[f"{i}.fc1.b"]))
-            x = x + dropout(linear(h, p[f"{i}.fc2.w"], p[f"{i}.fc2.b"]))
+            h = act(linear(norm(f"{i}.norm", x), p[f"{i}.fc1.w"], p.get(f"{i}.fc1.b")))
+            x = x + dropout(linear(h, p[f"{i}.fc2.w"], p.get(f"{i}.fc2.b")))
         x = norm("final.norm", x)
-    logits = linear(x, p["out.w"], p["out.b"])
+    logits = linear(x, p["out.w"], p.get("out.b"))
     return logits.view(*logits.shape[:2], task.n_outputs, task.n_classes)

@@ -5,7 +5,8 @@ A sequence answer of L tokens is read at the last L positions. Same architecture
 reference implementations (Power et al.; danielmamay/grokking):
 token + learned position embeddings, `layers` blocks of causal self-attention and a GELU MLP,
 a final layer norm and an unembedding. `norm` chooses post-norm (x = LN(x + f(x))), pre-norm
-(x = x + f(LN(x))) or none.
+(x = x + f(LN(x))), Grokfast's pre_replace (the first LN replaces the stream: x = LN(x); x = x + attn(x)) or none.
+`bias` names the parts with biases (Nanda et al.: only the MLP).
 """
 
 from __future__ import annotations
@@ -43,11 +44,16 @@ def init(cfg: ModelConfig, task: Task, g: torch.Generator) -> tuple[Params, set[
     if cfg.norm != "none":
         p["ln_f.g"], p["ln_f.b"] = torch.ones(d), torch.zeros(d)
     p["unembed.w"], p["unembed.b"] = linear_init(d, task.n_classes, g)
+    # The biases are drawn (or not) before this, so leaving some out changes no other parameter's start.
+    absent = {"attn": (".qkv.b", ".out.b"), "mlp": (".fc1.b", ".fc2.b"), "unembed": ("unembed.b",)}
+    for part, suffixes in absent.items():
+        if not cfg.has_bias(part):
+            p = {k: v for k, v in p.items() if not k.endswith(suffixes)}
     if cfg.init == "normal":  # Nanda et al.: every matrix randn/sqrt(d_model), the unembedding randn/sqrt(classes)
         for k in p:
             if k.endswith(".w") or k in ("tok", "pos"):
                 fan = task.n_classes if k == "unembed.w" else d
-                p[k] = torch.randn(p[k].shape, generator=g) / math.sqrt(fan)
+                p[k] = torch.randn(p[k].shape, generator=g) * (cfg.init_std or 1 / math.sqrt(fan))
             elif k.endswith(".b") and ".ln" not in k and not k.startswith("ln_f"):
                 p[k] = torch.zeros_like(p[k])
     scaled = {k for k in p if k.endswith(".w") or k in ("tok", "pos")}
@@ -57,10 +63,11 @@ def init(cfg: ModelConfig, task: Task, g: torch.Generator) -> tuple[Params, set[
 def attention(p: Params, i: int, x: torch.Tensor, heads: int, last: int = 0) -> torch.Tensor:
     """Causal self-attention; with `last` > 0, queries only from the last `last` positions."""
     r, b, t, d = x.shape
-    w, bias = p[f"{i}.qkv.w"], p[f"{i}.qkv.b"]
+    w, bias = p[f"{i}.qkv.w"], p.get(f"{i}.qkv.b")
     if last:  # queries only from the last `last` positions; each attends to every position up to its own
-        q = linear(x[:, :, -last:], w[..., :d], bias[:, :d]).view(r * b, last, heads, d // heads).transpose(1, 2)
-        kv = linear(x, w[..., d:], bias[:, d:])  # [R, B, T, 2D]
+        bq, bkv = (None, None) if bias is None else (bias[:, :d], bias[:, d:])
+        q = linear(x[:, :, -last:], w[..., :d], bq).view(r * b, last, heads, d // heads).transpose(1, 2)
+        kv = linear(x, w[..., d:], bkv)  # [R, B, T, 2D]
         k, v = kv.view(r * b, t, 2, heads, d // heads).permute(2, 0, 3, 1, 4)  # 2 x [RB, H, T, dh]
     else:
         qkv = linear(x, w, bias)  # [R, B, T, 3D]
@@ -77,7 +84,7 @@ def attention(p: Params, i: int, x: torch.Tensor, heads: int, last: int = 0) -> 
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not last)
     t = n
     y = y.transpose(1, 2).reshape(r, b, t, d)
-    return linear(y, p[f"{i}.out.w"], p[f"{i}.out.b"])
+    return linear(y, p[f"{i}.out.w"], p.get(f"{i}.out.b"))
 
 
 def forward(
@@ -87,7 +94,7 @@ def forward(
     x = embed(p["tok"], tokens) + p["pos"].unsqueeze(1)  # [R, B, T, D]
 
     def mlp(i: int, z: torch.Tensor) -> torch.Tensor:
-        return linear(act(linear(z, p[f"{i}.fc1.w"], p[f"{i}.fc1.b"])), p[f"{i}.fc2.w"], p[f"{i}.fc2.b"])
+        return linear(act(linear(z, p[f"{i}.fc1.w"], p.get(f"{i}.fc1.b"))), p[f"{i}.fc2.w"], p.get(f"{i}.fc2.b"))
 
     def ln(name: str, z: torch.Tensor) -> torch.Tensor:
         return layer_norm(z, p[f"{name}.g"], p[f"{name}.b"])
@@ -103,10 +110,14 @@ def forward(
         elif cfg.norm == "pre":
             x = res + dropout(attention(p, i, ln(f"{i}.ln1", x), cfg.heads, last))
             x = x + dropout(mlp(i, ln(f"{i}.ln2", x)))
+        elif cfg.norm == "pre_replace":  # Grokfast's block: the normalised stream is what the residual carries
+            x = ln(f"{i}.ln1", x)
+            x = (x[:, :, -last:] if last else x) + dropout(attention(p, i, x, cfg.heads, last))
+            x = x + dropout(mlp(i, ln(f"{i}.ln2", x)))
         else:
             x = res + dropout(attention(p, i, x, cfg.heads, last))
             x = x + dropout(mlp(i, x))
     # x: [R, B, n_out, D], the answers' positions (the '=' token for a single answer)
     if cfg.norm != "none":
         x = ln("ln_f", x)
-    return linear(x, p["unembed.w"], p["unembed.b"])
+    return linear(x, p["unembed.w"], p.get("unembed.b"))

@@ -55,7 +55,7 @@ def make_task(cfg: TaskConfig) -> Task:
     if cfg.name == "images":
         return images.make(cfg.path)
     if cfg.name == "modular":
-        return modular.make(cfg.op, cfg.modulus)
+        return modular.make(cfg.op, cfg.modulus, cfg.op_token, cfg.skip_zero)
     if cfg.name == "s5":
         return s5.make(cfg.op)
     if cfg.name == "parity":

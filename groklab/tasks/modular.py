@@ -1,4 +1,5 @@
-"""Binary operations modulo a prime (Power et al., 2022): sequences `[x, op, y, =]` -> x∘y mod p."""
+"""Binary operations modulo a prime (Power et al., 2022): sequences `[x, op, y, =]` -> x∘y mod p, or `[x, y, =]`
+without the operator token (Nanda et al., 2023)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,14 @@ OPS: dict[str, Op] = {
 }
 
 
-def make(op: str, p: int) -> Task:
+def make(op: str, p: int, op_token: bool = True, skip_zero: bool = False) -> Task:
     xs = torch.arange(p)
-    ys = torch.arange(1 if op == "x/y" else 0, p)
+    ys = torch.arange(1 if op == "x/y" or skip_zero else 0, p)
     x, y = torch.cartesian_prod(xs, ys).T
     labels = OPS[op](x, y, p)
+    if not op_token:  # Nanda et al.: `=` is token p, d_vocab p + 1
+        inputs = torch.stack([x, y, torch.full_like(x, p)], dim=1)
+        return Task(inputs=inputs, labels=labels, vocab_size=p + 1, n_classes=p, operands=(0, 1))
     op_tok, eq_tok = p, p + 1
     inputs = torch.stack([x, torch.full_like(x, op_tok), y, torch.full_like(x, eq_tok)], dim=1)
     return Task(inputs=inputs, labels=labels, vocab_size=p + 2, n_classes=p, operands=(0, 2))
