@@ -5,6 +5,7 @@
     runs = groklab.sweep("examples/wd_sweep.yaml")          # pandas DataFrame, one row per run
     store = groklab.open_store("groklab.db"); store.curves()  # every stored curve
     verdicts = groklab.verify("hypotheses/brief.yaml")       # claims decided: supported / contradicted / ...
+    result = groklab.repro("nanda2023")                       # a published setup, ours beside the paper's numbers
 """
 
 __version__ = "0.2.0"
@@ -32,6 +33,15 @@ def verify(hypotheses: str, scale: str = "small", store: "Store | str" = "grokla
     return _verify(hypotheses, scale=scale, store=store, out=out, train=train, progress=progress)
 
 
+def repro(name: str, scale: str = "small", store: "Store | str" = "groklab.db", out: str | None = None,
+          train: bool = True, progress: bool = False) -> dict:
+    """Run a published setup (a preset: `groklab repro --list`) at scale 'small' or 'paper', reusing stored runs;
+    return its agreement table (`numbers`) and `verdict`; `out` also writes the page. See docs/reproductions.md."""
+    from groklab.reproduce import repro as _repro
+
+    return _repro(name, scale=scale, store=store, out=out, train=train, progress=progress)
+
+
 def export(store: "Store | str" = "groklab.db", out: str = "export", sweep: str | None = None,
            formats: tuple[str, ...] = ("csv",), tensorboard: str | None = None) -> dict[str, int]:
     """Write runs and metrics tables (csv / parquet) and optionally TensorBoard logs; return row counts."""
@@ -43,5 +53,5 @@ def export(store: "Store | str" = "groklab.db", out: str = "export", sweep: str 
 
 __all__ = [
     "Config", "ConfigError", "Store", "export", "StoreError", "SweepSpec", "load_spec", "make_config",
-    "open_store", "report", "run", "sweep", "verify", "__version__",
+    "open_store", "repro", "report", "run", "sweep", "verify", "__version__",
 ]

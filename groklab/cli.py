@@ -89,7 +89,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_repro(a: argparse.Namespace) -> int:
-    from groklab import repro
+    from groklab import reproduce as repro
 
     if a.list:
         for name, line in repro.listing():

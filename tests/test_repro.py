@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from groklab import repro
+from groklab import reproduce as repro
 from groklab.cli import main
 from groklab.config import ConfigError, make_config
 from groklab.store import Store

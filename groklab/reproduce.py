@@ -218,12 +218,39 @@ def _first(curves: pd.DataFrame, rid: str, m: re.Match) -> float:
     return float(steps[start + hit[0]]) if len(hit) else math.inf
 
 
-def summarize(values: np.ndarray) -> dict[str, float]:
-    """Median, min and max over the finite-or-infinite values (NaN dropped); n counted."""
+def summarize(values: np.ndarray, bound: float = math.nan) -> dict[str, float]:
+    """Median, min and max over the finite-or-infinite values (NaN dropped); n counted. `bound`: what an infinite
+    value is known to exceed (the budget of a run that never reached the event)."""
     v = values[~np.isnan(values)]
     if not len(v):
-        return {"ours": math.nan, "low": math.nan, "high": math.nan, "n": 0}
-    return {"ours": float(np.median(v)), "low": float(v.min()), "high": float(v.max()), "n": int(len(v))}
+        return {"ours": math.nan, "low": math.nan, "high": math.nan, "n": 0, "bound": math.nan}
+    return {"ours": float(np.median(v)), "low": float(v.min()), "high": float(v.max()), "n": int(len(v)),
+            "bound": bound if np.isinf(v).any() else math.nan}
+
+
+def exceeded(runs: pd.DataFrame, values: np.ndarray, measure: str) -> float:
+    """What the infinite values are known to exceed: the smallest step budget among the runs that never reached
+    their event, or for `smallest.<axis>` the largest value of the axis tried."""
+    if measure.startswith("smallest."):
+        return float(runs[measure.removeprefix("smallest.")].max()) if len(runs) else math.nan
+    if len(values) != len(runs) or not np.isinf(values).any():
+        return math.nan
+    return float(runs["train.steps"].to_numpy(dtype=float)[np.isinf(values)].min())
+
+
+def ratio(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """The ratio of two numbers' medians, with the interval of their seed ranges. A side that was never reached
+    makes the ratio a bound: ∞ over x is more than budget / x, x over ∞ less than x / budget."""
+    n = min(a["n"], b["n"])
+    fa, fb = math.isfinite(a["ours"]), math.isfinite(b["ours"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if fa and fb:
+            return {"ours": a["ours"] / b["ours"], "low": a["low"] / b["high"], "high": a["high"] / b["low"], "n": n}
+        if not fa and fb and math.isfinite(a["bound"]):
+            return {"ours": math.inf, "low": a["bound"] / b["high"], "high": math.inf, "n": n}
+        if fa and not fb and math.isfinite(b["bound"]):
+            return {"ours": 0.0, "low": 0.0, "high": a["high"] / b["bound"], "n": n}
+    return {"ours": math.nan, "low": math.nan, "high": math.nan, "n": n}
 
 
 def published_range(published: float | list[float | None] | None) -> tuple[float, float] | None:
@@ -254,26 +281,21 @@ def table(preset: Preset, scale: str, runs_of: Any, curves_of: Any) -> pd.DataFr
         row: dict[str, Any] = {"id": n.id, "kind": "ratio" if n.ratio else "measure", "what": n.what,
                                "source": n.source}
         if n.ratio is not None:
-            a, b = rows[n.ratio[0]], rows[n.ratio[1]]
-            if all(math.isfinite(x) for x in (a["ours"], b["ours"])):  # "not reached" makes no ratio
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    row.update(ours=a["ours"] / b["ours"], low=a["low"] / b["high"], high=a["high"] / b["low"],
-                               n=min(a["n"], b["n"]))
-            else:
-                row.update(ours=math.nan, low=math.nan, high=math.nan, n=min(a["n"], b["n"]))
+            row.update(ratio(rows[n.ratio[0]], rows[n.ratio[1]]), bound=math.nan)
         else:
             spec = by_sweep[n.sweep or preset.sweeps[0].name]
             runs = runs_of(spec["name"])
             runs = runs[_matches(runs, n.where, f"numbers[{n.id}].where")].reset_index(drop=True)
             curves = curves_of(runs["run_id"].tolist()) if len(runs) else pd.DataFrame()
-            row.update(summarize(per_run(runs, curves, n.measure, list(spec.get("grid", {})))))
+            values = per_run(runs, curves, n.measure, list(spec.get("grid", {})))
+            row.update(summarize(values, exceeded(runs, values, n.measure)))
         pub = published_range(n.published)
         compared = scale in n.scales and pub is not None
         row["published"] = _published_text(n.published)
         row["agrees"] = agrees(row["low"], row["high"], n.tolerance, pub) if compared else None
         row["tolerance"] = n.tolerance
         rows[n.id] = row
-    cols = ["id", "kind", "what", "ours", "low", "high", "n", "published", "tolerance", "agrees", "source"]
+    cols = ["id", "kind", "what", "ours", "low", "high", "bound", "n", "published", "tolerance", "agrees", "source"]
     return pd.DataFrame(list(rows.values()), columns=cols)
 
 
@@ -382,8 +404,14 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
         if r["n"] == 0:
             return "no runs"
         if math.isnan(r["ours"]):
-            return "no ratio (a side not reached)" if r["kind"] == "ratio" else page.MISSING
-        text = page.fmt(r["ours"]) if math.isfinite(r["ours"]) else "not reached"
+            return "no ratio (neither side reached)" if r["kind"] == "ratio" else page.MISSING
+        if r["kind"] == "ratio" and r["ours"] == math.inf:
+            return f"> {page.fmt(r['low'])} (numerator not reached)"
+        if r["kind"] == "ratio" and r["ours"] == 0 and r["low"] == 0:
+            return f"< {page.fmt(r['high'])} (denominator not reached)"
+        if r["ours"] == math.inf:
+            return f"not reached in {page.fmt(r['bound'])}" if math.isfinite(r["bound"]) else "not reached"
+        text = page.fmt(r["ours"])
         if r["low"] != r["high"]:
             hi = page.fmt(r["high"]) if math.isfinite(r["high"]) else page.INFINITE
             text += f" ({page.fmt(r['low'])} – {hi})"
