@@ -99,7 +99,7 @@ def cmd_repro(a: argparse.Namespace) -> int:
         raise ConfigError(f"repro: name a preset (allowed: {', '.join(repro.names())}) or give --list")
     _threads(a)
     result = repro.repro(a.preset, scale=a.scale, store=a.store, out=a.output, train=not a.no_train,
-                         progress=not a.quiet, markdown=a.markdown)
+                         progress=not a.quiet, markdown=a.markdown, overrides=a.overrides)
     if a.json:
         print(json.dumps(result, indent=1, default=str))
         return 0
@@ -279,6 +279,8 @@ def parser() -> argparse.ArgumentParser:
                         description="Run preset NAME end to end (stored runs are reused) and compare groklab's "
                                     "numbers with the published ones (docs/reproductions.md).")
     rr.add_argument("preset", metavar="NAME", nargs="?", help="a preset (see --list) or a preset file")
+    rr.add_argument("overrides", metavar="key=value", nargs="*", help="applied to every sweep's base config, e.g. "
+                    "task.name=images task.path=DIR (Omnigrok on local MNIST files)")
     rr.add_argument("--list", action="store_true", help="list the presets, one line each")
     store_arg(rr)
     rr.add_argument("--scale", default="small", choices=["small", "paper"],

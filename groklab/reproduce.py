@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from groklab import api
 from groklab.analysis import outcomes, page, phases, report
 from groklab.analysis.hypotheses import _matches, deep_merge
-from groklab.config import ConfigError
+from groklab.config import ConfigError, parse_override, set_dotted
 from groklab.store import DEFAULT_PATH, Store
 from groklab.sweep import expand, load_spec
 
@@ -144,17 +144,22 @@ def _scale(scale: str) -> str:
     return scale
 
 
-def sweep_spec(preset: Preset, sweep: PresetSweep, scale: str) -> dict[str, Any]:
-    """The sweep file (a dict) of one preset sweep at `scale`, named `<sweep>.<scale>`."""
+def sweep_spec(preset: Preset, sweep: PresetSweep, scale: str,
+               overrides: list[str] | dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sweep file (a dict) of one preset sweep at `scale`, named `<sweep>.<scale>`; `overrides` (dotted
+    keys, e.g. `task.name=images`) apply to its base config, as `groklab sweep FILE key=value` does."""
     spec = sweep.model_dump(exclude={"small", "paper"})
     spec = deep_merge(spec, getattr(sweep, _scale(scale)))
     spec["name"] = f"{sweep.name}.{scale}"
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in items:
+        set_dotted(spec["base"], key, value)
     return spec
 
 
-def specs(preset: Preset, scale: str) -> list[dict[str, Any]]:
+def specs(preset: Preset, scale: str, overrides: list[str] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every sweep of the preset at `scale`, validated (each expands into runs)."""
-    out = [sweep_spec(preset, s, scale) for s in preset.sweeps]
+    out = [sweep_spec(preset, s, scale, overrides) for s in preset.sweeps]
     for spec in out:
         try:
             expand(load_spec(spec))
@@ -275,7 +280,7 @@ def agrees(low: float, high: float, tolerance: float, published: tuple[float, fl
 def table(preset: Preset, scale: str, runs_of: Any, curves_of: Any) -> pd.DataFrame:
     """The agreement table at `scale`: one row per number. `runs_of(sweep_name)` gives a sweep's runs,
     `curves_of(run_ids)` their curves."""
-    by_sweep = {s.name: sweep_spec(preset, s, scale) for s in preset.sweeps}
+    by_sweep = {s.name: sweep_spec(preset, s, scale) for s in preset.sweeps}  # names and grids only
     rows: dict[str, dict[str, Any]] = {}
     for n in preset.numbers:
         row: dict[str, Any] = {"id": n.id, "kind": "ratio" if n.ratio else "measure", "what": n.what,
@@ -332,16 +337,19 @@ def repro(
     progress: bool = False,
     n_threads: int | None = None,
     markdown: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run preset `name` at `scale` ('small' or 'paper'; stored runs are reused) and return its result: the
     agreement table (`numbers`, one dict per published number), the `verdict`, the machine and the wall time.
-    `train=False` reads stored runs only. `out`: a folder for the report; `markdown`: the table as Markdown."""
+    `train=False` reads stored runs only. `out`: a folder for the report; `markdown`: the table as Markdown.
+    `overrides` apply to every sweep's base (e.g. `["task.name=images", "task.path=mnist/"]` for Omnigrok on
+    local MNIST files)."""
     preset, scale = load(name), _scale(scale)
     st = store if isinstance(store, Store) else Store(store)
     started = time.perf_counter()
     if preset.hypotheses is not None:
         return _hypotheses(preset, scale, st, out, train, progress, n_threads, markdown, started)
-    all_specs, missing = specs(preset, scale), {}
+    all_specs, missing = specs(preset, scale, overrides), {}
     for spec in all_specs:
         if train:
             if progress:

@@ -198,3 +198,17 @@ def test_warmup_from_zero_and_the_batch_fraction():
     cfg = make_config({"task": {"modulus": 23, "train_frac": 0.3}, "model": {"layers": 1, "width": 16},
                        "train": {"batch_size": 512, "batch_frac": 0.5, "steps": 1}})
     assert Pack([cfg]).batch_size == math.ceil(0.5 * round(0.3 * 529))  # min(512, ceil(N/2))
+
+
+def test_overrides_reach_every_sweep_of_a_preset(tmp_path, capsys):
+    """Omnigrok on local MNIST files: `groklab repro omnigrok2022 task.name=images task.path=DIR`."""
+    npz = tmp_path / "imgs.npz"
+    rng = np.random.default_rng(0)
+    np.savez(npz, x=rng.integers(0, 256, (1200, 4, 4), dtype=np.uint8), y=rng.integers(0, 10, 1200))
+    preset = repro.load("omnigrok2022")
+    (spec,) = repro.specs(preset, "small", ["task.name=images", f"task.path={npz}"])
+    cfg = expand(load_spec(spec))[0]
+    assert cfg.task.name == "images" and cfg.task.train_size == 1000 and cfg.model.init_scale == 8.0
+    assert main(["repro", "omnigrok2022", "task.name=images", "--store", str(tmp_path / "x.db")]) == 2
+    assert "task.path" in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists() or Store(tmp_path / "x.db").runs().empty
