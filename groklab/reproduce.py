@@ -297,10 +297,12 @@ def table(preset: Preset, scale: str, runs_of: Any, curves_of: Any) -> pd.DataFr
         pub = published_range(n.published)
         compared = scale in n.scales and pub is not None
         row["published"] = _published_text(n.published)
+        row["pub_low"], row["pub_high"] = pub if pub is not None else (math.nan, math.nan)
         row["agrees"] = agrees(row["low"], row["high"], n.tolerance, pub) if compared else None
         row["tolerance"] = n.tolerance
         rows[n.id] = row
-    cols = ["id", "kind", "what", "ours", "low", "high", "bound", "n", "published", "tolerance", "agrees", "source"]
+    cols = ["id", "kind", "what", "ours", "low", "high", "bound", "n", "published", "pub_low", "pub_high", "tolerance",
+            "agrees", "source"]
     return pd.DataFrame(list(rows.values()), columns=cols)
 
 
@@ -465,10 +467,52 @@ def write_report(result: dict[str, Any], rows: pd.DataFrame, st: Store, out: Pat
         + "".join(f"<p><b>{n} of sweep {html.escape(k)}'s runs are not in the store</b>: its numbers come from the "
                   "runs that are.</p>" for k, n in result.get("missing_runs", {}).items())
         + f"<p>Each sweep's own report: <ul>{links}</ul></p>"))
-    sections = [intro, page.Section("Agreement with the published numbers", page.table(display(rows))),
+    table_html = page.table(display(rows))
+    png = agreement_figure(rows, out / "agreement")
+    if png is not None:
+        table_html += page.figure(png, "groklab's median (dot) and seed range (line) over the published value or "
+                                  "range (grey band, widened by the stated tolerance), each divided by the published "
+                                  "value: 1 is equal. Green: agrees; red: does not; ▷: not reached (a lower bound).")
+    sections = [intro, page.Section("Agreement with the published numbers", table_html),
                 page.Section("Where groklab differs from the source", f"<ul>{dev}</ul>")]
     (out / "index.html").write_text(page.page(f"groklab repro: {result['preset']} ({result['scale']})", sections))
     return out
+
+
+def agreement_figure(rows: pd.DataFrame, base: Path) -> Path | None:
+    """One line per compared number with a finite published reference: groklab's median and seed range and the
+    published value or range, all divided by the published reference (log axis). None when nothing qualifies."""
+    import matplotlib.pyplot as plt
+
+    from groklab.analysis import figures
+
+    shown = []
+    for _, r in rows.iterrows():
+        lo, hi = r["pub_low"], r["pub_high"]
+        if r["agrees"] is None or not (0 < lo <= hi < math.inf) or math.isnan(r["low"]):
+            continue  # open ranges have no reference to divide by
+        shown.append((r, (lo, hi, math.sqrt(lo * hi))))
+    if not shown:
+        return None
+    with figures.style():
+        fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(shown) + 1.0))
+        for y, (r, (lo, hi, ref)) in enumerate(reversed(shown)):
+            tol = r["tolerance"]
+            ax.fill_betweenx([y - 0.3, y + 0.3], lo * (1 - tol) / ref, hi * (1 + tol) / ref, color="#dddddd", lw=0)
+            color = "#009E73" if r["agrees"] else "#D55E00"
+            low, high, mid = (max(v, 1e-12) / ref for v in (r["low"], r["high"], r["ours"]))
+            right = high if math.isfinite(high) else max(low, 1.0) * 10
+            ax.plot([low, right], [y, y], color=color, lw=2)
+            if math.isfinite(mid) and mid > 1e-11:
+                ax.plot([mid], [y], "o", color=color)
+            else:
+                ax.plot([right], [y], ">", color=color)
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="#888888", lw=0.8, ls=":")
+        ax.set_yticks(range(len(shown)), [figures.wrap(r["id"], 24) for r, _ in reversed(shown)])
+        ax.set_xlabel("groklab ÷ published")
+        fig.tight_layout()
+        return figures.save(fig, base)[0]
 
 
 def listing() -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ import pytest
 from groklab import reproduce as repro
 from groklab.cli import main
 from groklab.config import ConfigError, make_config
+from groklab.config import flatten as _flat
 from groklab.store import Store
 from groklab.sweep import expand, load_spec
 
@@ -45,20 +46,10 @@ def _config(name: str, sweep: str, where: dict | None = None):
     (spec,) = [repro.sweep_spec(preset, s, "paper") for s in preset.sweeps if s.name == sweep]
     runs = expand(load_spec(spec))
     for cfg in runs:
-        flat = {k: v for k, v in _flat(cfg.resolved()).items()}
+        flat = _flat(cfg.resolved())
         if all(flat.get(k) == v for k, v in (where or {}).items()):
             return cfg
     raise AssertionError(f"no run of {sweep} with {where}")
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # (preset, sweep, which run, {key: the source's documented value}) from the research notes on each source.
@@ -168,7 +159,7 @@ def test_repro_doshi2024_small_runs_end_to_end_and_its_table_is_computed(tmp_pat
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["preset"] == "doshi2024" and result["scale"] == "small"
-    assert (out / "index.html").is_file() and (out / "agreement.csv").is_file()
+    assert (out / "index.html").is_file() and (out / "agreement.csv").is_file() and (out / "agreement.png").is_file()
     assert all((out / f"{s}" / "index.html").is_file() for s in result["sweeps"])
     assert "| number |" in md.read_text()
     rows = {r["id"]: r for r in result["numbers"]}
