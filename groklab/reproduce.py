@@ -171,9 +171,10 @@ def specs(preset: Preset, scale: str, overrides: list[str] | dict[str, Any] | No
 # ---- reading a number off the runs ----------------------------------------------------------------------
 
 
-def per_run(runs: pd.DataFrame, curves: pd.DataFrame, measure: str, axes: list[str]) -> np.ndarray:
-    """One value per run (or per seed, for `smallest.`; one in all for `phase_count`); +inf where the event
-    did not happen within the run's budget, NaN where the run has no such number."""
+def per_run(runs: pd.DataFrame, curves: pd.DataFrame, measure: str, spec: dict[str, Any]) -> np.ndarray:
+    """One value per run (or per seed, for `smallest.`; one in all for `phase_count`) of the sweep `spec`; +inf
+    where the event did not happen within the run's budget, NaN where the run has no such number. Phases follow
+    the sweep's `analysis.phases` thresholds."""
     if measure.startswith(("argmax.", "argmin.")):
         how, curve = measure.split(".", 1)
         return np.array([_extreme(curves, rid, curve, how) for rid in runs["run_id"]])
@@ -186,8 +187,10 @@ def per_run(runs: pd.DataFrame, curves: pd.DataFrame, measure: str, axes: list[s
         seeds = runs["train.seed"].to_numpy()
         return np.array([float(runs.loc[grokked & (seeds == s), axis].min()) if (grokked & (seeds == s)).any()
                          else math.inf for s in sorted(set(seeds))])
+    rule = phases.rule_from(spec.get("analysis"), f"sweep {spec['name']}: analysis")
     if measure == "phase_count":
-        ph = phases.phases(runs, curves)
+        ph = phases.phases(runs, curves, rule)
+        axes = list(spec.get("grid", {}))
         cells = runs[axes].astype(str).agg("|".join, axis=1) if axes else pd.Series("all", index=runs.index)
         majority = ph.groupby(cells.to_numpy())["phase"].agg(lambda s: phases.majority(s)[0])
         return np.array([float(majority.nunique())])
@@ -195,7 +198,7 @@ def per_run(runs: pd.DataFrame, curves: pd.DataFrame, measure: str, axes: list[s
     if kind == "time":
         t, observed = outcomes.time_to_event(runs, measure, curves)
         return np.where(observed, t, math.inf)
-    return outcomes.values(runs, measure, curves, phases.phases(runs, curves)["phase"] if kind == "binary" else None)
+    return outcomes.values(runs, measure, curves, phases.phases(runs, curves, rule)["phase"] if kind == "binary" else None)
 
 
 def _curve(curves: pd.DataFrame, rid: str, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -292,7 +295,7 @@ def table(preset: Preset, scale: str, runs_of: Any, curves_of: Any) -> pd.DataFr
             runs = runs_of(spec["name"])
             runs = runs[_matches(runs, n.where, f"numbers[{n.id}].where")].reset_index(drop=True)
             curves = curves_of(runs["run_id"].tolist()) if len(runs) else pd.DataFrame()
-            values = per_run(runs, curves, n.measure, list(spec.get("grid", {})))
+            values = per_run(runs, curves, n.measure, spec)
             row.update(summarize(values, exceeded(runs, values, n.measure)))
         pub = published_range(n.published)
         compared = scale in n.scales and pub is not None

@@ -203,3 +203,19 @@ def test_overrides_reach_every_sweep_of_a_preset(tmp_path, capsys):
     assert main(["repro", "omnigrok2022", "task.name=images", "--store", str(tmp_path / "x.db")]) == 2
     assert "task.path" in capsys.readouterr().err
     assert not (tmp_path / "x.db").exists() or Store(tmp_path / "x.db").runs().empty
+
+
+def test_phases_follow_the_sweeps_own_thresholds():
+    """Liu et al.'s delay threshold (1,000 steps) from the sweep's analysis section, not the default 10 % of the
+    budget: a run fitting at 100 and generalizing at 900 is comprehension under it, grokking under 500."""
+    runs = pd.DataFrame({"run_id": ["a", "b"], "train.steps": [10000, 10000], "optim.lr": [1e-3, 1e-2]})
+    steps = np.arange(0, 2001, 100)
+    curves = pd.concat([pd.DataFrame({"run_id": rid, "step": steps, "train_acc": (steps >= 100).astype(float),
+                                      "val_acc": (steps >= t_val).astype(float)}) for rid, t_val in (("a", 900),
+                                                                                                    ("b", 2000))])
+    spec = {"name": "s", "grid": {"optim.lr": [1e-3, 1e-2]}, "analysis": {"phases": {"delay": 1000}}}
+    assert repro.per_run(runs, curves, "phase_count", spec).tolist() == [2.0]  # comprehension, grokking
+    assert repro.per_run(runs, curves, "phase=grokking", spec).tolist() == [0.0, 1.0]
+    spec["analysis"]["phases"]["delay"] = 500
+    assert repro.per_run(runs, curves, "phase=grokking", spec).tolist() == [1.0, 1.0]
+    assert repro.per_run(runs, curves, "phase_count", spec).tolist() == [1.0]
