@@ -286,7 +286,8 @@ def table(preset: Preset, scale: str, runs_of: Any, curves_of: Any) -> pd.DataFr
     by_sweep = {s.name: sweep_spec(preset, s, scale) for s in preset.sweeps}  # names and grids only
     rows: dict[str, dict[str, Any]] = {}
     for n in preset.numbers:
-        row: dict[str, Any] = {"id": n.id, "kind": "ratio" if n.ratio else "measure", "what": n.what,
+        kind = "ratio" if n.ratio else "smallest" if n.measure.startswith("smallest.") else "measure"
+        row: dict[str, Any] = {"id": n.id, "kind": kind, "what": n.what,
                                "source": n.source}
         if n.ratio is not None:
             row.update(ratio(rows[n.ratio[0]], rows[n.ratio[1]]), bound=math.nan)
@@ -422,6 +423,8 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
             return f"> {page.fmt(r['low'])} (numerator not reached)"
         if r["kind"] == "ratio" and r["ours"] == 0 and r["low"] == 0:
             return f"< {page.fmt(r['high'])} (denominator not reached)"
+        if r["ours"] == math.inf and r["kind"] == "smallest":
+            return f"none up to {page.fmt(r['bound'])}"
         if r["ours"] == math.inf:
             return f"not reached in {page.fmt(r['bound'])}" if math.isfinite(r["bound"]) else "not reached"
         text = page.fmt(r["ours"])
@@ -434,8 +437,15 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
         "number": rows["what"], "groklab (median, seed range)": rows.apply(ours, axis=1),
         "runs": rows["n"], "published": rows["published"],
         "tolerance": [f"±{t:.0%}" if t else page.MISSING for t in rows["tolerance"]],
-        "agrees": ["yes" if a is True else "no" if a is False else "not compared" for a in rows["agrees"]],
+        "agrees": [("yes (a bound)" if _bound(r) else "yes") if r["agrees"] is True else "no" if r["agrees"] is False
+                   else "not compared" for _, r in rows.iterrows()],
         "source": rows["source"]})
+
+
+def _bound(r: pd.Series) -> bool:
+    """Whether groklab's value is only a bound (an event never reached, or a ratio with such a side): it can be
+    consistent with the published number without pinning it down."""
+    return r["ours"] == math.inf or (r["kind"] == "ratio" and r["ours"] == 0 and r["low"] == 0)
 
 
 def to_markdown(result: dict[str, Any], rows: pd.DataFrame) -> str:
