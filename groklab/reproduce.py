@@ -236,6 +236,13 @@ def summarize(values: np.ndarray, bound: float = math.nan) -> dict[str, float]:
             "bound": bound if np.isinf(v).any() else math.nan}
 
 
+def _binary(measure: str) -> bool:
+    try:
+        return outcomes.kind(measure) == "binary"
+    except ValueError:  # a measure of this module (argmax., first., smallest., phase_count)
+        return False
+
+
 def exceeded(runs: pd.DataFrame, values: np.ndarray, measure: str) -> float:
     """What the infinite values are known to exceed: the smallest step budget among the runs that never reached
     their event, or for `smallest.<axis>` the largest value of the axis tried."""
@@ -298,6 +305,9 @@ def table(preset: Preset, scale: str, runs_of: Any, curves_of: Any) -> pd.DataFr
             curves = curves_of(runs["run_id"].tolist()) if len(runs) else pd.DataFrame()
             values = per_run(runs, curves, n.measure, spec)
             row.update(summarize(values, exceeded(runs, values, n.measure)))
+            if _binary(n.measure) and row["n"]:  # a fraction of runs: its value, not the 0..1 range of its runs
+                row.update(ours=float(np.nanmean(values)), low=float(np.nanmean(values)),
+                           high=float(np.nanmean(values)))
         pub = published_range(n.published)
         compared = scale in n.scales and pub is not None
         row["published"] = _published_text(n.published)
