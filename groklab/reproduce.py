@@ -313,10 +313,11 @@ def table(preset: Preset, scale: str, runs_of: Any, curves_of: Any) -> pd.DataFr
         row["published"] = _published_text(n.published)
         row["pub_low"], row["pub_high"] = pub if pub is not None else (math.nan, math.nan)
         row["agrees"] = agrees(row["low"], row["high"], n.tolerance, pub) if compared else None
+        row["compared"] = compared
         row["tolerance"] = n.tolerance
         rows[n.id] = row
     cols = ["id", "kind", "what", "ours", "low", "high", "bound", "n", "published", "pub_low", "pub_high", "tolerance",
-            "agrees", "source"]
+            "compared", "agrees", "source"]
     return pd.DataFrame(list(rows.values()), columns=cols)
 
 
@@ -334,11 +335,14 @@ def _published_text(p: float | list[float | None] | None) -> str:
 
 
 def verdict(rows: pd.DataFrame) -> str:
-    """reproduced (every compared number agrees), partly reproduced, not reproduced, or not compared."""
+    """reproduced (every compared number agrees), partly reproduced, not reproduced, or not compared; with how many
+    of the numbers to compare have no runs in the store yet (--no-train on an unfinished preset)."""
     compared = rows["agrees"].dropna().astype(bool)
+    unrun = int((rows["compared"] & (rows["n"] == 0)).sum()) if "compared" in rows else 0
     if not len(compared):
-        return "not compared"
-    return VERDICTS[0] if compared.all() else VERDICTS[2] if not compared.any() else VERDICTS[1]
+        return "not compared" + (f" ({unrun} numbers without runs)" if unrun else "")
+    word = VERDICTS[0] if compared.all() else VERDICTS[2] if not compared.any() else VERDICTS[1]
+    return word + (f" ({unrun} of {unrun + len(compared)} numbers without runs)" if unrun else "")
 
 
 # ---- running a preset ------------------------------------------------------------------------------------
@@ -474,11 +478,12 @@ def write_report(result: dict[str, Any], rows: pd.DataFrame, st: Store, out: Pat
     import html
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in result["sweeps"]:
+    reported = [n for n in result["sweeps"] if n not in result.get("missing_runs", {}) or len(st.runs(sweep=n))]
+    for name in reported:  # a sweep with no run stored yet (--no-train) has no report
         report.report(st, sweep=name, out=out / name)
     rows.to_csv(out / "agreement.csv", index=False)
     (out / "agreement.md").write_text(to_markdown(result, rows))
-    links = "".join(f'<li><a href="{n}/index.html">{n}</a></li>' for n in result["sweeps"])
+    links = "".join(f'<li><a href="{n}/index.html">{n}</a></li>' for n in reported)
     dev = "".join(f"<li>{html.escape(d)}</li>" for d in result["deviations"]) or "<li>none</li>"
     intro = page.Section("Overview", (
         f"<p><b>{html.escape(result['title'])}</b> — {html.escape(result['source'])}.</p>"

@@ -261,7 +261,7 @@ def _matches(runs: pd.DataFrame, cond: dict[str, Any], what: str) -> np.ndarray:
             col = col.where(~runs[sub].notna().any(axis=1).to_numpy(), "<section>")
         hit = np.zeros(len(runs), dtype=bool)
         for w in wanted:
-            hit |= np.array([_same(v, w) for v in col])
+            hit |= np.array([_same(v, w) for v in col], dtype=bool)
         mask &= hit
     return mask
 
