@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from groklab import memory, metrics, models, optim, sampling
+from groklab import denormals, memory, metrics, models, optim, sampling
 from groklab.config import Config, ConfigError, pack_key
 from groklab.measures import stability
 from groklab.measures.recorder import Measures
@@ -617,8 +617,14 @@ class Pack:
         called after every evaluation; `checkpoint(pack)` after the first evaluation past every
         `train.checkpoint_every` steps, and when `should_stop()` turns true (then `Interrupted` is
         raised). `resumed`: the pack was loaded from a checkpoint, so its current step may already
-        be evaluated.
+        be evaluated. Denormal floats are flushed to zero meanwhile (groklab.denormals).
         """
+        with denormals.flushed():
+            return self._run(on_finish, progress, checkpoint, should_stop, resumed)
+
+    def _run(self, on_finish: Callable[[RunResult], None] | None, progress: Callable[[int, int, int], None] | None,
+             checkpoint: Callable[[Pack], None] | None, should_stop: Callable[[], bool] | None,
+             resumed: bool) -> list[RunResult]:
         if not resumed:
             self.start_time = time.perf_counter()
         results: list[RunResult] = []

@@ -73,12 +73,17 @@ _chosen: int | None = None
 
 def configure(threads: int | None = None) -> int:
     """Set PyTorch's intra-op threads (see `resolve`) once per process; an explicit `threads` always applies.
+    Also starts torch's threads flushing denormal floats (groklab.denormals).
     Returns the number in use, which worker processes divide among themselves."""
     global _chosen
     import torch
 
+    from groklab import denormals
+
     if threads is None and _chosen is not None:
+        denormals.configure()
         return _chosen
     _chosen = resolve(threads)
     torch.set_num_threads(_chosen)
+    denormals.configure()
     return _chosen

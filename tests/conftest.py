@@ -1,11 +1,13 @@
 import os
 
 import pytest
-import torch
+import torch  # noqa: F401
+
+from groklab import threads
 
 os.environ.setdefault("GROKLAB_THREADS", "2")  # no load-dependent thread count in tests
 
-torch.set_num_threads(2)
+threads.configure(2)  # also flushes denormals before torch starts its threads, as the CLI does
 
 # A run that groks in a few hundred steps on a laptop CPU (measured: memorizes at ~150, groks at ~300).
 TINY = {

@@ -2,7 +2,10 @@
 a longer budget continues stored runs, the config documents itself, the CLI behaves like a CLI."""
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +203,37 @@ def test_threads_from_the_environment_and_bad_values(monkeypatch, capsys):
     monkeypatch.delenv("GROKLAB_THREADS")
     assert 1 <= threads.default_threads() <= threads.available_cores()
 
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_denormals_are_flushed_while_training_on_every_thread_unless_kept(micro):
+    """Late-training float32 values go denormal, which x86 computes many times slower (groklab.denormals)."""
+    check = ("import sys, torch; from groklab import threads, denormals; threads.configure(2); "
+             "print(denormals.flushed_everywhere(), denormals.flushing_here(), sys.float_info.min / 2 > 0)\n"
+             "with denormals.flushed(): print(float(torch.tensor(1e-40) * 0.5))")
+    flushed = _python(check)
+    # worker threads flush; the caller's own arithmetic keeps IEEE denormals outside training
+    assert flushed.stdout.split() == ["True", "False", "True", "0.0"], flushed.stderr
+    kept = _python(check, GROKLAB_DENORMALS="keep")
+    out = kept.stdout.split()
+    assert out[:3] == ["False", "False", "True"] and float(out[3]) > 0, kept.stderr
+    bad = subprocess.run([sys.executable, "-m", "groklab", "run", "train.steps=2", "--no-store", "-q"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "GROKLAB_DENORMALS": "sometimes"})
+    assert bad.returncode == 2 and "GROKLAB_DENORMALS" in bad.stderr and "flush, keep" in bad.stderr
+    # threads started before groklab could set the flag keep denormals: said, not silently slow
+    late = _python("import torch; torch.set_num_threads(2); a = torch.randn(512, 512); a @ a\n"
+                   "from groklab import threads; threads.configure(2)")
+    assert "started before groklab" in late.stderr
+    # the training loop flushes on the calling thread and gives the flag back as it was
+    from groklab import denormals
+
+    seen = []
+    train([make_config(micro)], on_finish=lambda r: seen.append(denormals.flushing_here()))
+    assert seen == [True] and not denormals.flushing_here()
 
 V2_SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from groklab import engine
+from groklab import denormals, engine
 from groklab.config import Config, ConfigError, make_config
 from groklab.executors.base import extension_starts, load_init_weights, train_pack
 from groklab.store import Store
@@ -100,6 +100,7 @@ def train_pack_task(cfg_dicts: list[dict], pid: str, keeper: Any, init_weights: 
     continuing runs that extend a stored shorter run from its state (`starts`)."""
     ray = _ray()
     torch.set_num_threads(max(1, threads))
+    denormals.configure()  # start torch's threads flushing denormals, where this worker process is fresh
     configs = [make_config(d) for d in cfg_dicts]
     finished = ray.get(keeper.finished_runs.remote(pid))
     todo = [c for c in configs if c.run_id not in finished]

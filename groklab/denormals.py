@@ -1,0 +1,87 @@
+"""Denormal floats on the CPU: flushed to zero while groklab trains.
+
+Late in training float32 values fall below 1.2e-38 (softmax probabilities of wrong answers, products of
+tiny gradients), and x86 CPUs compute with such denormal numbers in microcode, many times slower than with
+normal ones. A Grokfast baseline pack ran 39 steps/s from step 0 and 3.4 from its own step-31,650 state;
+with denormals flushed it ran 40 from both (see bench/README.md). Flushing only replaces numbers below
+1.2e-38 (float32) or 2.2e-308 (float64) by zero.
+
+The CPU flag is per thread. torch's worker threads (OpenMP, and the BLAS's own) copy it from the thread that
+starts them, so `configure` starts them with it set, before torch would start them without it; the calling
+thread flushes only inside `flushed()` (the training loop), so the user's own Python and NumPy arithmetic
+keeps IEEE denormals. `GROKLAB_DENORMALS=keep` keeps them everywhere (exact, slow late in training).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+ENV = "GROKLAB_DENORMALS"
+CHOICES = ("flush", "keep")
+
+
+def mode() -> str:
+    """'flush' (default) or 'keep', from $GROKLAB_DENORMALS; raises ConfigError on any other value."""
+    import os
+
+    from groklab.config import ConfigError
+
+    raw = os.environ.get(ENV) or "flush"
+    if raw not in CHOICES:
+        raise ConfigError(f"{ENV}: got {raw!r}; allowed: {', '.join(CHOICES)}")
+    return raw
+
+
+def flushing_here() -> bool:
+    """Whether the calling thread flushes denormals (Python floats use the same unit as torch's kernels)."""
+    return sys.float_info.min * 0.5 == 0.0
+
+
+def flushed_everywhere() -> bool:
+    """Whether training (inside `flushed()`) flushes denormals on every thread torch computes on, in elementwise
+    kernels and in matmuls (whose BLAS may keep threads of its own): a product of 1e-20s is denormal, so every
+    thread's share must come out 0. Starts the thread pools if they are not yet running."""
+    import torch
+
+    with flushed():
+        x = torch.full((torch.get_num_threads() * 65536,), 1e-40, dtype=torch.float32)
+        a = torch.full((1024, 64), 1e-20, dtype=torch.float32)
+        return bool((x * 0.5).eq(0).all()) and bool((a @ a.T).eq(0).all())
+
+
+@contextmanager
+def flushed() -> Iterator[None]:
+    """Flush denormals on the calling thread inside the block (unless kept), as it was after."""
+    import torch
+
+    if mode() == "keep":
+        yield
+        return
+    before = flushing_here()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
+_warned = False
+
+
+def configure() -> bool:
+    """Start torch's worker threads flushing denormals (unless $GROKLAB_DENORMALS is 'keep'); return whether
+    they all do. Warns once when threads started earlier keep denormals."""
+    global _warned
+
+    if mode() == "keep":
+        return False
+    everywhere = flushed_everywhere()  # starts the thread pools from a thread that flushes
+    if not everywhere and not _warned:
+        _warned = True
+        warnings.warn("groklab: torch's worker threads were started before groklab could set them to flush denormal "
+                      "floats, so late training may run several times slower; call groklab.threads.configure() "
+                      "before the first torch operation of the process", RuntimeWarning, stacklevel=3)
+    return everywhere
