@@ -1,9 +1,9 @@
 """Denormal floats on the CPU: flushed to zero while groklab trains.
 
-Late in training float32 values fall below 1.2e-38 (softmax probabilities of wrong answers, products of
-tiny gradients), and x86 CPUs compute with such denormal numbers in microcode, many times slower than with
-normal ones. A Grokfast baseline pack ran 39 steps/s from step 0 and 3.4 from its own step-31,650 state;
-with denormals flushed it ran 40 from both (see bench/README.md). Flushing only replaces numbers below
+Late in training float32 values fall below 1.2e-38 (products of tiny gradients and activations), and x86
+CPUs compute with such denormal numbers in microcode, many times slower than with normal ones. The Grokfast
+paper-scale baseline trained 19.6 steps/s from step 0 and 3.6 from its final state (step 37,100); flushed,
+about 20 from both (bench/denormals.py, bench/README.md). Flushing only replaces numbers below
 1.2e-38 (float32) or 2.2e-308 (float64) by zero.
 
 The CPU flag is per thread. torch's worker threads (OpenMP, and the BLAS's own) copy it from the thread that
