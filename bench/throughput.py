@@ -7,8 +7,10 @@ For each benchmark configuration and pack size R it alternates, `rounds` times: 
 (bench/plain.py) training one run, then a groklab pack of R runs (fp32, then bf16), each timed over at
 least `seconds`. It prints the median run-steps per second of each, the ratio to the plain loop, and
 the achieved FLOP/s (nominal model FLOPs: 6 x matmul parameters x tokens, plus attention) against this
-machine's measured matmul peak. Alternating and taking medians keeps a busy machine from favouring one
-side.
+machine's measured matmul peak (fp32 and bf16, and their ratio, printed first), and the share of a
+groklab step spent in matmul kernels (torch.profiler over a few steps: self time of mm / bmm / addmm /
+baddbmm over the self time of every op). Alternating and taking medians keeps a busy machine from
+favouring one side.
 Evaluation is not timed (both sides evaluate on the full sets; see bench/time_to_grok.py).
 """
 
@@ -117,14 +119,31 @@ def time_plain(cfg: Config, min_seconds: float, device: str = "cpu") -> float:
     return timed(PlainRun(cfg, device).train_step, min_seconds, device)
 
 
+MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm")
+
+
+def matmul_share(pack: Pack, steps: int = 5) -> float:
+    """Fraction of the op self time of `steps` training steps spent in matmul kernels."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            pack.train_step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / max(total, 1e-9)
+
+
 def time_pack(cfg: Config, runs: int, min_seconds: float, precision: str, compile: bool = False,
-              device: str = "cpu", util: Utilisation | None = None) -> float:
+              device: str = "cpu", util: Utilisation | None = None, share: list[float] | None = None) -> float:
+    """Run-steps per second of a pack of `runs`; appends its matmul share to `share` when given (CPU)."""
     over = {"train.precision": precision, "train.compile": compile, "train.device": device}
     pack = Pack([make_config(cfg, {"train.seed": s, **over}) for s in range(runs)])
     if compile:
         pack.train_step()  # compilation, outside the timing
     with util or Utilisation("cpu"):
-        return runs * timed(pack.train_step, min_seconds, device)
+        rate = runs * timed(pack.train_step, min_seconds, device)
+    if share is not None and device == "cpu":
+        share.append(matmul_share(pack))
+    return rate
 
 
 def main() -> None:
@@ -144,7 +163,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {where}; matmul peak fp32 {p32 / 1e9:.0f} GFLOP/s, "
           f"bf16 {p16 / 1e9:.0f} GFLOP/s ({p16 / p32:.1f}x); median of {rounds} alternating rounds, >= {seconds} s each")
     head = (f"{'config':<36} {'R':>4} {'plain rs/s':>10} {'fp32 rs/s':>10} {'x plain':>8} {'bf16 rs/s':>10} "
-            f"{'x plain':>8} {'fp32 %peak':>10} {'bf16 %peak':>10}")
+            f"{'x plain':>8} {'fp32 %peak':>10} {'bf16 %peak':>10} {'fp32 mm%':>8} {'bf16 mm%':>8}")
     head += f" {'compiled rs/s':>10} {'x plain':>8}" if args.compile else ""
     head += f" {'GPU util fp32/bf16':>18}" if dev.startswith("cuda") else ""
     print(head)
@@ -159,16 +178,23 @@ def main() -> None:
                 print(f"{name:<36} {r:>4} skipped: memory.max_pack_size allows {fit} runs of this config here")
                 continue
             u32, u16 = Utilisation(dev), Utilisation(dev)
-            rows = [(time_plain(cfg, seconds, dev), time_pack(cfg, r, seconds, "fp32", device=dev, util=u32),
-                     time_pack(cfg, r, seconds, "bf16", device=dev, util=u16),
+            s32: list[float] = []
+            s16: list[float] = []
+            rows = [(time_plain(cfg, seconds, dev), time_pack(cfg, r, seconds, "fp32", device=dev, util=u32, share=s32),
+                     time_pack(cfg, r, seconds, "bf16", device=dev, util=u16, share=s16),
                      time_pack(cfg, r, seconds, "fp32", compile=True, device=dev) if args.compile else float("nan"))
                     for _ in range(rounds)]
             plain, fp32, bf16, comp = (statistics.median(col) for col in zip(*rows))
             line = (f"{name:<36} {r:>4} {plain:10.1f} {fp32:10.1f} {fp32 / plain:7.2f}x {bf16:10.1f} {bf16 / plain:7.2f}x "
-                    f"{100 * fp32 * f / p32:9.1f}% {100 * bf16 * f / p16:9.1f}%")
+                    f"{100 * fp32 * f / p32:9.1f}% {100 * bf16 * f / p16:9.1f}% "
+                    f"{_pct(s32):>8} {_pct(s16):>8}")
             line += f" {comp:10.1f} {comp / plain:7.2f}x" if args.compile else ""
             line += f" {u32.mean:8.0f}% /{u16.mean:4.0f}%" if dev.startswith("cuda") else ""
             print(line, flush=True)
+
+
+def _pct(shares: list[float]) -> str:
+    return f"{100 * statistics.median(shares):.0f}%" if shares else "-"
 
 
 if __name__ == "__main__":
