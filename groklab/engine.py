@@ -184,6 +184,8 @@ class Pack:
         self.decay_mask = None if cfg.optim.decay_on == "all" else self.layout.mask(self.decay_on, dev)
 
         self.hyper = optim.Hyper.from_configs(configs, dev)
+        self.warm_end = max(c.optim.warmup_steps for c in configs)  # lr_at's warmup factor is 1 from here on
+        self._lr_memo: tuple | None = None
         self.opt_state = optim.OptimState()
         if cfg.optim.decay == "to_init":
             self.opt_state.init = self.flat.clone()
@@ -359,11 +361,12 @@ class Pack:
         loss = self._batch_grads(positions, b, k)
         grads = self.grad
         finite = torch.isfinite(loss) & torch.isfinite(grads.sum(1))
-        self.diverged_at = torch.where(~finite & (self.diverged_at < 0), self.step, self.diverged_at)
-        lr = optim.lr_at(self.hyper, self.step, cfg.optim.schedule, optim.batch_scale(cfg.optim, b * k))
-        ok: torch.Tensor | None = self.diverged_at < 0
-        if self.device.type == "cpu" and bool(ok.all()):  # free on the CPU; a sync on a GPU
-            ok = None
+        ok: torch.Tensor | None = None  # every run updates
+        # On the CPU the checks are free (a sync on a GPU), and while every run is finite there is nothing to record.
+        if self.device.type != "cpu" or not bool(finite.all()) or bool((self.diverged_at >= 0).any()):
+            self.diverged_at = torch.where(~finite & (self.diverged_at < 0), self.step, self.diverged_at)
+            ok = self.diverged_at < 0
+        lr = self._lr(b * k)
         optim.step(
             cfg.optim, self.flat, grads, self.opt_state, self.hyper, lr, ok=ok,
             layout=self.layout, decay_mask=self.decay_mask, fixed_norm=self.fixed_norm,
@@ -371,6 +374,18 @@ class Pack:
         self.step += 1
         self.samples += b * k
         self.batch_size = sampling.adapted_batch_size(t, self.noise, self.step, self.batch_size)
+
+    def _lr(self, batch: int) -> torch.Tensor:
+        """lr [R] of this step. Under a constant schedule it stops changing once every run's warmup is over
+        (for a given batch size), so it is computed once then, not every step."""
+        o = self.cfg.optim
+        at = min(self.step, self.warm_end) if o.schedule == "constant" else None
+        memo = self._lr_memo
+        if at is None or memo is None or memo[0] is not self.hyper or memo[1:3] != (batch, at):
+            lr = optim.lr_at(self.hyper, self.step, o.schedule, optim.batch_scale(o, batch))
+            self._lr_memo = (self.hyper, batch, at, lr)
+            return lr
+        return memo[3]
 
     def _batch_grads(self, positions: torch.Tensor, b: int, k: int) -> torch.Tensor:
         """Loss [R] of the step's batch (k micro-batches of b); its mean gradient lands in `self.grad`.
