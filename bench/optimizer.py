@@ -21,7 +21,7 @@ from groklab.config import make_config
 def per_update(fused: bool, runs: int, size: int, steps: int) -> float:
     elementwise = optim._fusable
     if not fused:
-        optim._fusable = lambda o, p: False
+        optim._fusable = lambda *a: False
     try:
         cfg = make_config(None)
         g = torch.Generator().manual_seed(0)

@@ -9,7 +9,11 @@ about 20 from both (bench/denormals.py, bench/README.md). Flushing only replaces
 The CPU flag is per thread. torch's worker threads (OpenMP, and the BLAS's own) copy it from the thread that
 starts them, so `configure` starts them with it set, before torch would start them without it; the calling
 thread flushes only inside `flushed()` (the training loop), so the user's own Python and NumPy arithmetic
-keeps IEEE denormals. `GROKLAB_DENORMALS=keep` keeps them everywhere (exact, slow late in training).
+keeps IEEE denormals. torch's worker threads keep flushing for the rest of the process, so the user's own
+multi-threaded torch operations flush in the shares those threads compute. `GROKLAB_DENORMALS=keep` keeps
+denormals everywhere (exact, slow late in training). The mode is not part of a run's id: it changes only
+numbers below the thresholds above, but a run trained with denormals kept can differ from one trained with them
+flushed in the last bits, as a run trained on another thread count does.
 """
 
 from __future__ import annotations
@@ -76,8 +80,10 @@ def configure() -> bool:
     they all do. Warns once when threads started earlier keep denormals."""
     global _warned
 
-    if mode() == "keep":
-        return False
+    import torch
+
+    if mode() == "keep" or not torch.set_flush_denormal(flushing_here()):
+        return False  # kept, or this CPU has no flush flag (not x86 with SSE3): nothing to set, nothing to warn
     everywhere = flushed_everywhere()  # starts the thread pools from a thread that flushes
     if not everywhere and not _warned:
         _warned = True

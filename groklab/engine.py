@@ -184,7 +184,8 @@ class Pack:
         self.decay_mask = None if cfg.optim.decay_on == "all" else self.layout.mask(self.decay_on, dev)
 
         self.hyper = optim.Hyper.from_configs(configs, dev)
-        self.warm_end = max(c.optim.warmup_steps for c in configs)  # lr_at's warmup factor is 1 from here on
+        # lr_at's warmup factor is 1 from this step on (warmup_steps 0 counts as 1: with warmup_from_zero, update 0 has lr 0)
+        self.warm_end = max(max(c.optim.warmup_steps, 1) for c in configs)
         self._lr_memo: tuple | None = None
         self.opt_state = optim.OptimState()
         if cfg.optim.decay == "to_init":

@@ -18,7 +18,9 @@ Runs whose `ok` flag is False (diverged) keep their parameters and state untouch
 
 On the CPU, Adam(W) with decoupled or coupled decay in float32 runs through torch's fused kernel (one pass
 per run instead of ~15 elementwise passes over [R, P]; 4-15x faster, bench/optimizer.py); every other
-combination, and any GPU, takes the elementwise update below. The two agree to float32 rounding (tested).
+combination, and any GPU, takes the elementwise update below. The two agree to float32 rounding at each step
+(tested), so trajectories drift apart over many steps: a run stored by groklab before the fused kernel, then
+continued to a larger budget, no longer equals one trained from scratch bit for bit.
 """
 
 from __future__ import annotations
@@ -247,7 +249,7 @@ def step(
     for name in names:
         if getattr(state, name) is None:
             setattr(state, name, torch.zeros_like(p))
-    if _fusable(o, p):
+    if _fusable(o, p, g, state.exp_avg, state.exp_avg_sq):
         _fused_adam(o, p, g, state, hp, lr, ok, layout, decay_mask, fixed_norm)
         return
     rows = max(1, BLOCK_ELEMENTS // max(p.shape[1], 1))
@@ -303,17 +305,18 @@ def _update(o: OptimConfig, p: torch.Tensor, g: torch.Tensor, state: OptimState,
     write(p, q)
 
 
-def _fusable(o: OptimConfig, p: torch.Tensor) -> bool:
-    """Adam(W) with decoupled, coupled or no decay, float32 on the CPU: torch's fused Adam kernel applies."""
+def _fusable(o: OptimConfig, p: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
+    """Adam(W) with decoupled or coupled decay (any weight_decay, 0 included), float32 on the CPU, every tensor
+    contiguous (the kernel reads memory as contiguous whatever the strides): torch's fused Adam kernel applies."""
     return (p.device.type == "cpu" and p.dtype == torch.float32 and o.name in ("adam", "adamw")
-            and o.decay in ("decoupled", "coupled"))
+            and o.decay in ("decoupled", "coupled") and all(t is not None and t.is_contiguous() for t in (p, *tensors)))
 
 
 def _fused_adam(o: OptimConfig, p: torch.Tensor, g: torch.Tensor, state: OptimState, hp: Hyper, lr: torch.Tensor,
                 ok: torch.Tensor | None, layout: Layout | None, decay_mask: torch.Tensor | None,
                 fixed_norm: bool) -> None:
     """The Adam(W) update through torch's fused CPU kernel (`torch._fused_adamw_`, as torch.optim.AdamW(fused=True)):
-    one pass over each run's row instead of ~15 elementwise passes over [R, P] (6-15x faster, bench/optimizer.py).
+    one pass over each run's row instead of ~15 elementwise passes over [R, P] (4-15x faster, bench/optimizer.py).
 
     The kernel takes one set of scalar hyperparameters per call, so runs are grouped by theirs; each run's
     row (or each parameter's span of it, when `decay_mask` limits decay) is its own tensor, so a run's
@@ -329,7 +332,8 @@ def _fused_adam(o: OptimConfig, p: torch.Tensor, g: torch.Tensor, state: OptimSt
             cuts = [a for a, _ in layout.spans.values()]
         else:
             cuts = [0, *((decay_mask[0, 1:] != decay_mask[0, :-1]).nonzero()[:, 0] + 1).tolist()]
-        flags = decay_mask[0, torch.tensor(cuts, device=decay_mask.device)].tolist()
+        cuts = [a for a, b in zip(cuts, [*cuts[1:], p.shape[1]]) if b > a]  # a parameter of size 0 has no columns
+        flags = decay_mask[0, torch.tensor(cuts, dtype=torch.long, device=decay_mask.device)].tolist()
         spans = [(a, b, bool(d)) for a, b, d in zip(cuts, [*cuts[1:], p.shape[1]], flags)]
     fused = torch._fused_adamw_ if o.decay == "decoupled" else torch._fused_adam_
     step_t = torch.tensor(float(state.step))  # read, not advanced, by the kernel

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 import groklab
 from groklab.config import make_config
@@ -122,3 +123,24 @@ def test_chunked_pack_equals_one_chunk(micro, monkeypatch, model):
     assert len(Pack(configs).chunks) == 3
     for r in train(configs):
         _assert_same_curves(r, whole[r.run_id], 0.0)
+
+
+@pytest.mark.parametrize("warmup, from_zero, schedule", [(0, True, "constant"), (0, False, "constant"),
+                                                         (10, True, "constant"), (3, False, "cosine")])
+def test_the_lr_of_every_step_equals_lr_at(micro, warmup, from_zero, schedule):
+    """Pack._lr computes a constant schedule's lr once warmup is over; it must be lr_at's at every step, for every
+    batch size and after runs leave the pack."""
+    from groklab import optim
+
+    cfgs = [make_config(micro, {"optim.warmup_steps": w, "optim.warmup_from_zero": from_zero,
+                                "optim.schedule": schedule, "optim.lr": lr, "train.seed": s,
+                                "optim.lr_scaling": "sqrt"})
+            for s, (w, lr) in enumerate([(warmup, 1e-3), (max(warmup - 2, 0), 3e-3)])]
+    for batches in ([64] * 16, [64] * 6 + [32] * 10):  # a batch-size schedule changes the lr under lr_scaling
+        pack = Pack(cfgs)
+        for step, batch in enumerate(batches):
+            pack.step = step
+            if step == 12:
+                pack.compact([1])
+            want = optim.lr_at(pack.hyper, step, schedule, optim.batch_scale(pack.cfg.optim, batch))
+            assert torch.equal(pack._lr(batch), want), (step, batch)
