@@ -104,6 +104,8 @@ def cmd_repro(a: argparse.Namespace) -> int:
         print(json.dumps(result, indent=1, default=str))
         return 0
     print(f"{result['preset']} ({result['scale']}): {result['verdict']}")
+    for sweep, n in result.get("missing_runs", {}).items():
+        print(f"  {n} of sweep {sweep}'s runs are not in the store; its numbers come from the runs that are")
     if "numbers" in result:
         import pandas as pd
 

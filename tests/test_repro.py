@@ -219,3 +219,20 @@ def test_phases_follow_the_sweeps_own_thresholds():
     spec["analysis"]["phases"]["delay"] = 500
     assert repro.per_run(runs, curves, "phase=grokking", spec).tolist() == [1.0, 1.0]
     assert repro.per_run(runs, curves, "phase_count", spec).tolist() == [1.0]
+
+
+def test_no_train_on_a_partly_trained_preset_says_its_verdict_is_provisional(tmp_path, capsys):
+    """A verdict read off some of a preset's runs can change when the rest arrive: it says how many are missing."""
+    from groklab import api
+
+    db, over = tmp_path / "p.db", ["train.steps=30"]
+    specs = repro.specs(repro.load("doshi2024"), "small", over)
+    api.sweep(specs[0], store=db)  # one sweep of six, one run of eight
+    total = sum(len(expand(load_spec(s))) for s in specs)
+    result = repro.repro("doshi2024", store=db, train=False, overrides=over)
+    assert result["verdict"].endswith(f"; provisional, {total - 1} of {total} runs not in the store")
+    assert result["missing_runs"] == {s["name"]: len(expand(load_spec(s))) for s in specs[1:]}
+    assert main(["repro", "doshi2024", *over, "--store", str(db), "--no-train", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f"provisional, {total - 1} of {total} runs" in out
+    assert "1 of sweep doshi2024-batch8.small's runs are not in the store" in out
