@@ -54,9 +54,11 @@ class MLP(nn.Module):
 
 
 class PlainRun:
-    """One run: model, AdamW, warmup, epoch-shuffled batches, full-set evaluation."""
+    """One run: model, AdamW, warmup, epoch-shuffled batches, full-set evaluation. With `precision='bf16'` the
+    forward runs under `torch.autocast` in bfloat16, as a user's own mixed-precision loop does (fp32 weights and
+    optimizer)."""
 
-    def __init__(self, cfg: Config, device: str = "cpu"):
+    def __init__(self, cfg: Config, device: str = "cpu", precision: str = "fp32"):
         torch.manual_seed(cfg.train.seed)
         task = make_task(cfg.task)
         tr, va = split(task, cfg.task, torch.Generator().manual_seed(cfg.train.seed))
@@ -73,13 +75,16 @@ class PlainRun:
         self.perm = torch.randperm(len(self.y_tr), device=device)
         self.pos = 0
         self.step = 0
+        self.autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def train_step(self) -> None:
         if self.pos + self.b > len(self.perm):
             self.perm, self.pos = torch.randperm(len(self.y_tr), device=self.perm.device), 0
         idx = self.perm[self.pos : self.pos + self.b]
         self.pos += self.b
-        loss = nn.functional.cross_entropy(self.model(self.x_tr[idx]), self.y_tr[idx])
+        with self.autocast:
+            logits = self.model(self.x_tr[idx])
+        loss = nn.functional.cross_entropy(logits.float(), self.y_tr[idx])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

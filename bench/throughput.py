@@ -5,8 +5,9 @@
 
 For each benchmark configuration and pack size R it alternates, `rounds` times: the plain loop
 (bench/plain.py) training one run, then a groklab pack of R runs (fp32, then bf16), each timed over at
-least `seconds`. It prints the median run-steps per second of each, the ratio to the plain loop, and
-the achieved FLOP/s (nominal model FLOPs: 6 x matmul parameters x tokens, plus attention) against this
+least `seconds`; and the plain loop in bf16 under `torch.autocast` (a user's own mixed-precision loop), which
+the bf16 pack is also compared with ("x plain16"). It prints the median run-steps per second of each, the ratio
+to the plain loop, and the achieved FLOP/s (nominal model FLOPs: 6 x matmul parameters x tokens, plus attention) against this
 machine's measured matmul peak (fp32 and bf16, and their ratio, printed first), and the share of a
 groklab step spent in matmul kernels (torch.profiler over a few steps: self time of mm / bmm / addmm /
 baddbmm over the self time of every op). Alternating and taking medians keeps a busy machine from
@@ -119,8 +120,8 @@ def timed(step, min_seconds: float, device: str = "cpu") -> float:
     return n / (time.perf_counter() - t)
 
 
-def time_plain(cfg: Config, min_seconds: float, device: str = "cpu") -> float:
-    return timed(PlainRun(cfg, device).train_step, min_seconds, device)
+def time_plain(cfg: Config, min_seconds: float, device: str = "cpu", precision: str = "fp32") -> float:
+    return timed(PlainRun(cfg, device, precision).train_step, min_seconds, device)
 
 
 MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm")
@@ -167,7 +168,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {where}; matmul peak fp32 {p32 / 1e9:.0f} GFLOP/s, "
           f"bf16 {p16 / 1e9:.0f} GFLOP/s ({p16 / p32:.1f}x); median of {rounds} alternating rounds, >= {seconds} s each")
     head = (f"{'config':<36} {'R':>4} {'plain rs/s':>10} {'fp32 rs/s':>10} {'x plain':>8} {'bf16 rs/s':>10} "
-            f"{'x plain':>8} {'fp32 %peak':>10} {'bf16 %peak':>10} {'fp32 mm%':>8} {'bf16 mm%':>8}")
+            f"{'x plain':>8} {'plain bf16':>12} {'x plain16':>9} {'fp32 %peak':>10} {'bf16 %peak':>10} {'fp32 mm%':>8} "
+            f"{'bf16 mm%':>8}")
     head += f" {'compiled rs/s':>10} {'x plain':>8}" if args.compile else ""
     head += f" {'GPU util fp32/bf16':>18}" if dev.startswith("cuda") else ""
     print(head)
@@ -185,11 +187,13 @@ def main() -> None:
             s32: list[float] = []
             s16: list[float] = []
             rows = [(time_plain(cfg, seconds, dev), time_pack(cfg, r, seconds, "fp32", device=dev, util=u32, share=s32),
+                     time_plain(cfg, seconds, dev, "bf16"),
                      time_pack(cfg, r, seconds, "bf16", device=dev, util=u16, share=s16),
                      time_pack(cfg, r, seconds, "fp32", compile=True, device=dev) if args.compile else float("nan"))
                     for _ in range(rounds)]
-            plain, fp32, bf16, comp = (statistics.median(col) for col in zip(*rows))
+            plain, fp32, plain16, bf16, comp = (statistics.median(col) for col in zip(*rows))
             line = (f"{name:<36} {r:>4} {plain:10.1f} {fp32:10.1f} {fp32 / plain:7.2f}x {bf16:10.1f} {bf16 / plain:7.2f}x "
+                    f"{plain16:12.1f} {bf16 / plain16:8.2f}x "
                     f"{100 * fp32 * f / p32:9.1f}% {100 * bf16 * f / p16:9.1f}% "
                     f"{_pct(s32):>8} {_pct(s16):>8}")
             line += f" {comp:10.1f} {comp / plain:7.2f}x" if args.compile else ""
