@@ -99,7 +99,7 @@ def cmd_repro(a: argparse.Namespace) -> int:
         raise ConfigError(f"repro: name a preset (allowed: {', '.join(repro.names())}) or give --list")
     _threads(a)
     result = repro.repro(a.preset, scale=a.scale, store=a.store, out=a.output, train=not a.no_train,
-                         progress=not a.quiet, markdown=a.markdown, overrides=a.overrides)
+                         progress=not a.quiet, markdown=a.markdown, overrides=a.overrides, workers=a.workers)
     if a.json:
         print(json.dumps(result, indent=1, default=str))
         return 0
@@ -290,8 +290,9 @@ def parser() -> argparse.ArgumentParser:
     rr.add_argument("-o", "--output", default=None, help="also write the report to this folder")
     rr.add_argument("--markdown", default=None, metavar="FILE", help="also write the agreement table as Markdown")
     rr.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    rr.add_argument("--no-train", action="store_true", help="read stored runs only; an error names any sweep with "
-                    "runs missing")
+    rr.add_argument("--no-train", action="store_true", help="read stored runs only; the output says how many of "
+                    "each sweep's runs are missing and marks the verdict provisional")
+    rr.add_argument("--workers", type=int, default=None, help="local worker processes (as in `sweep`)")
     rr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     threads_arg(rr)
     rr.set_defaults(func=cmd_repro)

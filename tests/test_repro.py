@@ -236,3 +236,20 @@ def test_no_train_on_a_partly_trained_preset_says_its_verdict_is_provisional(tmp
     out = capsys.readouterr().out
     assert f"provisional, {total - 1} of {total} runs" in out
     assert "1 of sweep doshi2024-batch8.small's runs are not in the store" in out
+
+
+def test_repro_workers_reach_every_sweep(tmp_path, monkeypatch, capsys):
+    """`groklab repro NAME --workers N` trains each sweep's packs in N processes, as `groklab sweep --workers N`."""
+    from groklab import api
+
+    seen = []
+
+    def fake_sweep(spec, store, **kw):  # records the call and the (empty) sweep, trains nothing
+        seen.append((spec["name"], kw["workers"]))
+        store.add_sweep(spec["name"], load_spec(spec).model_dump(mode="json"), [])
+
+    monkeypatch.setattr(api, "sweep", fake_sweep)
+    assert main(["repro", "doshi2024", "--workers", "2", "--store", str(tmp_path / "w.db"), "-q"]) == 0
+    names = [s["name"] for s in repro.specs(repro.load("doshi2024"), "small")]
+    assert seen == [(n, 2) for n in names]
+    assert "not compared" in capsys.readouterr().out  # nothing trained: the table says so rather than guessing
