@@ -2,6 +2,7 @@
 
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -160,11 +161,15 @@ def test_two_concurrent_sweeps_train_every_run_once(tmp_path, baseline):
     assert reads > 0
 
 
-def test_local_workers_equal_one_process(tmp_path, baseline):
+def test_local_workers_equal_one_process(tmp_path, baseline, capsys):
     db = tmp_path / "w.db"
-    df = groklab.sweep(SPEC, store=db, pack_size=3, workers=2)
+    df = groklab.sweep(SPEC, store=db, pack_size=3, workers=2, progress=True)
     assert df.attrs["trained"] == 6
     assert dump(db) == baseline
+    # each worker's pack is followed step by step, named as in one process (worker 2 starts at pack 2, whichever
+    # worker ends up training it)
+    err = capsys.readouterr().err
+    assert re.search(r"worker [12]: pack 1/2", err) and re.search(r"worker [12]: pack 2/2", err)
 
 
 def test_ray_backend_equals_local(tmp_path, baseline):

@@ -116,7 +116,7 @@ def train_pack(
     resume: bool = True,
     should_stop: Callable[[], bool] | None = None,
     label: str | None = None,
-    heartbeat: Callable[[], None] | None = None,
+    heartbeat: Callable[[int, int], None] | None = None,
     starts: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Train the runs `todo` of `pack`, each handed to `on_finish` as it finishes, checkpointing as it goes.
@@ -124,7 +124,8 @@ def train_pack(
     With `resume`, the pack's checkpoint continues: its runs not in `todo` (finished since, or trained
     by another process) are dropped. Runs of `todo` it lacks start from `starts` (a stored shorter run's
     state, `checkpoint.extended`) where given, in packs of runs that stopped at the same step, else from
-    scratch. `label` names the progress bar (None: no bar); `heartbeat` is called after every evaluation."""
+    scratch. `label` names the progress bar (None: no bar); `heartbeat(step, total)` is called after every
+    evaluation with the pack's step and its budget."""
     if not todo:
         return
     starts = starts or {}
@@ -164,11 +165,11 @@ def train_pack(
         bar = tqdm(total=total, initial=p.step, desc=f"{label} ({p.size} runs)", unit="step", file=sys.stderr,
                    disable=label is None, dynamic_ncols=True, leave=True)
 
-        def update(step: int, active: int, grokked: int, bar: tqdm = bar) -> None:
+        def update(step: int, active: int, grokked: int, bar: tqdm = bar, total: int = total) -> None:
             bar.update(step - bar.n)
             bar.set_postfix(active=active, grokked=grokked, refresh=False)
             if heartbeat is not None:
-                heartbeat()
+                heartbeat(step, total)
 
         try:
             p.run(on_finish=on_finish, progress=update, checkpoint=save if checkpoints is not None else None,
@@ -222,10 +223,12 @@ class Lease:
 def train_stored_pack(
     pack: list[Config], label: str, store: Store | None, lease: Lease | None, init_weights: dict[str, engine.Weights],
     on_finish: OnFinish, progress: bool, replace: bool, should_stop: Callable[[], bool],
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> bool:
     """Train what this process can lease of one pack, resuming from the pack's checkpoint file beside the
     store; False if some runs are still held by another live process. `replace` retrains stored runs
-    (run --force) from scratch; without a store nothing is leased or checkpointed."""
+    (run --force) from scratch; without a store nothing is leased or checkpointed. `on_step(label, step, total)`
+    follows the pack's progress after every evaluation (a worker reports it to the process that shows it)."""
     ids = [c.run_id for c in pack]
     if store is None or lease is None or replace:
         todo = pack
@@ -237,8 +240,14 @@ def train_stored_pack(
             return len(stored) == len(ids)  # False: some runs are held by another live process
     ckpt = FileCheckpoints(store.checkpoint_dir / f"{pack_id(pack)}.pt") if store is not None else None
     starts = extension_starts(todo, store) if store is not None and not replace else {}
+    def heartbeat(step: int, total: int) -> None:
+        if lease is not None:
+            lease.beat()
+        if on_step is not None:
+            on_step(label, step, total)
+
     train_pack(pack, todo, ckpt, init_weights, on_finish, resume=not replace, should_stop=should_stop,
-               label=label if progress else None, heartbeat=lease.beat if lease is not None else None, starts=starts)
+               label=label if progress else None, heartbeat=heartbeat, starts=starts)
     if store is None or ckpt is None:
         return True
     done = store.existing(ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from groklab import engine
 from groklab.config import Config
@@ -20,14 +21,17 @@ def train_runs(
     replace: bool = False,
     start_at: int = 0,
     wait: bool = True,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> list[engine.RunResult]:
     """Train every run of `configs` not yet in the store, pack by pack, each run stored the moment
     it finishes. Packs are leased in the store (so concurrent sweeps and workers train each run
     once), checkpointed every `train.checkpoint_every` steps, and resumed from their checkpoint.
     `start_at` rotates the order packs are tried in (workers start at different packs); with `wait`,
-    runs leased by another live process are waited for, and taken over if that process dies."""
+    runs leased by another live process are waited for, and taken over if that process dies.
+    `on_step(pack label, step, total)` follows each pack after every evaluation."""
     packs = group(configs, pack_size)
-    packs = packs[start_at % len(packs):] + packs[: start_at % len(packs)] if packs else packs
+    order = list(range(len(packs)))
+    order = order[start_at % len(order):] + order[: start_at % len(order)] if order else order
     init_weights = load_init_weights(configs, store)
     lease = Lease(store) if store is not None else None
     results: list[engine.RunResult] = []
@@ -40,12 +44,12 @@ def train_runs(
 
     with StopFlag() as stop:
         try:
-            pending = list(range(len(packs)))
+            pending = order
             while pending:
                 left = []
                 for i in pending:
                     if not train_stored_pack(packs[i], f"pack {i + 1}/{len(packs)}", store, lease, init_weights,
-                                             on_finish, progress, replace, stop):
+                                             on_finish, progress, replace, stop, on_step):
                         left.append(i)
                 if not left or not wait:
                     break
