@@ -77,19 +77,28 @@ def _worker(configs: list[Config], store_path: str, sweep_name: str | None, pack
     threads.configure(max(1, budget // workers))
     if torch.cuda.is_available():
         torch.cuda.set_device(index % torch.cuda.device_count())
-    on_step = None if steps is None else lambda label, step, total: steps.put((index, label, step, total))
+
+    def on_step(label: str, step: int, total: int) -> None:
+        try:
+            steps.put((index, label, step, total))
+        except (OSError, EOFError):  # the manager process is gone (the whole group was signalled): keep training
+            pass
+
     with Store(store_path) as st:
         res = train_runs(configs, st, sweep_name=sweep_name, pack_size=pack_size, progress=False, start_at=index,
-                         on_step=on_step)
+                         on_step=None if steps is None else on_step)
     return len(res)
 
 
 def _update_packs(bars: list[tqdm], steps: Queue | None) -> None:
     """Move each worker's bar to the latest step it reported."""
     latest: dict[int, tuple[str, int, int]] = {}
-    while steps is not None and not steps.empty():
-        index, label, step, total = steps.get()
-        latest[index] = (label, step, total)
+    try:
+        while steps is not None and not steps.empty():
+            index, label, step, total = steps.get()
+            latest[index] = (label, step, total)
+    except (OSError, EOFError):  # the manager process is gone (a signal to the whole group): bars stay as they are
+        pass
     for index, (label, step, total) in latest.items():
         bar, desc = bars[index], f"worker {index + 1}: {label}"
         if bar.desc != desc or bar.total != total or step < bar.n:
