@@ -172,6 +172,27 @@ def test_local_workers_equal_one_process(tmp_path, baseline, capsys):
     assert re.search(r"worker [12]: pack 1/2", err) and re.search(r"worker [12]: pack 2/2", err)
 
 
+def test_ctrl_c_to_the_whole_group_stops_workers_at_a_checkpoint(tmp_path, spec_file, baseline):
+    """A terminal's Ctrl-C reaches every process of the group (the parent, its workers, the progress manager):
+    the workers checkpoint, the command exits 130, and the same command finishes the sweep as if uninterrupted."""
+    db = tmp_path / "g.db"
+    p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "--workers", "2", "--threads", "2"],
+            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(db.parent.glob(f"{db.name}.ckpt/*.pt")):
+        assert p.poll() is None, "the sweep ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "--workers", "2", "-q"])
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert dump(db) == baseline
+
+
 def test_ray_backend_equals_local(tmp_path, baseline):
     pytest.importorskip("ray")
     db = tmp_path / "ray.db"
