@@ -291,7 +291,7 @@ def parser() -> argparse.ArgumentParser:
     rr.add_argument("--markdown", default=None, metavar="FILE", help="also write the agreement table as Markdown")
     rr.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     rr.add_argument("--no-train", action="store_true", help="read stored runs only; the output says how many of "
-                    "each sweep's runs are missing and marks the verdict provisional")
+                    "each sweep's runs are missing and marks the verdict provisional (brief: as verify --no-train)")
     rr.add_argument("--workers", type=int, default=None, help="local worker processes (as in `sweep`)")
     rr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     threads_arg(rr)

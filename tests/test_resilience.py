@@ -172,9 +172,11 @@ def test_local_workers_equal_one_process(tmp_path, baseline, capsys):
     assert re.search(r"worker [12]: pack 1/2", err) and re.search(r"worker [12]: pack 2/2", err)
 
 
-def test_ctrl_c_to_the_whole_group_stops_workers_at_a_checkpoint(tmp_path, spec_file, baseline):
-    """A terminal's Ctrl-C reaches every process of the group (the parent, its workers, the progress manager):
-    the workers checkpoint, the command exits 130, and the same command finishes the sweep as if uninterrupted."""
+@pytest.mark.parametrize("how", ["ctrl-c to the group", "SIGINT to the parent", "SIGTERM to the parent"])
+def test_interrupting_a_sweep_with_workers_stops_them_at_a_checkpoint(tmp_path, spec_file, baseline, how):
+    """A terminal's Ctrl-C reaches every process of the group; `kill` reaches the parent alone. Either way the
+    workers checkpoint and stop (not after the whole sweep), the command exits 130, and the same command finishes
+    the sweep as if uninterrupted."""
     db = tmp_path / "g.db"
     p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "--workers", "2", "--threads", "2"],
             start_new_session=True)
@@ -183,10 +185,14 @@ def test_ctrl_c_to_the_whole_group_stops_workers_at_a_checkpoint(tmp_path, spec_
         assert p.poll() is None, "the sweep ended before its first checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    os.killpg(p.pid, signal.SIGINT)
+    if how == "ctrl-c to the group":
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        p.send_signal(signal.SIGINT if how == "SIGINT to the parent" else signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "workers are checkpointing" in err
+    assert len(dump(db)[1]) < 6  # stopped before the end
     p = cli(["sweep", str(spec_file), "--store", str(db), "--pack-size", "3", "--workers", "2", "-q"])
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err

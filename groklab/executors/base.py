@@ -65,7 +65,10 @@ class FileCheckpoints:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM while a sweep trains: the pack checkpoints and stops at the next step."""
+    """Set by SIGINT/SIGTERM while a sweep trains: the pack checkpoints and stops at the next step. A pool worker
+    listens to SIGTERM only (its parent forwards Ctrl-C; executors.pool)."""
+
+    signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -73,7 +76,7 @@ class StopFlag:
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in self.signals:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -53,6 +53,8 @@ def train_runs(
                         left.append(i)
                 if not left or not wait:
                     break
+                if stop():  # interrupted while waiting: stop here rather than take over another's runs
+                    raise KeyboardInterrupt
                 time.sleep(1.0)  # runs held by another live process: wait for them to land
                 pending = left
         except engine.Interrupted:

@@ -6,14 +6,20 @@ Processes are spawned, not forked, so CUDA and torch's thread pools start clean 
 
 from __future__ import annotations
 
+import queue
+import signal
 import sys
+import threading
 import time
-from queue import Queue
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from tqdm import tqdm
 
 from groklab import threads
 from groklab.config import Config
+from groklab.executors.base import StopFlag
 from groklab.executors.local import train_runs
 from groklab.store import Store
 
@@ -27,7 +33,11 @@ def default_workers() -> int:
 
 class PoolExecutor:
     """Packs trained by `workers` local processes at once. A progress bar counts the runs they store, and one bar
-    per worker follows the pack it trains (step of its budget), as one process's own bar does."""
+    per worker follows the pack it trains (step of its budget), as one process's own bar does.
+
+    The workers take their orders from this process, not from the terminal: Ctrl-C (to the whole process group or to
+    this process alone) or SIGTERM to this process sends each worker one SIGTERM, and they checkpoint and stop; a
+    second Ctrl-C sends another, and they stop at once, as one process does."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -39,10 +49,11 @@ class PoolExecutor:
 
         workers, ids = self.workers, [c.run_id for c in configs]
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            steps = manager.Queue() if progress else None  # (worker, pack label, step, total) from the workers
-            budget = threads.configure()  # this process's thread budget (--threads), shared by the workers
-            futures = [pool.submit(_worker, configs, str(store.path), sweep_name, pack_size, i, workers, budget, steps)
+        steps = ctx.Queue() if progress else None  # (worker, pack label, step, total) from the workers
+        budget = threads.configure()  # this process's thread budget (--threads), shared by the workers
+        with _sigterm_interrupts(), ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
+                                                         initargs=(steps,)) as pool:
+            futures = [pool.submit(_worker, configs, str(store.path), sweep_name, pack_size, i, workers, budget)
                        for i in range(workers)]
             bar = tqdm(total=len(ids), desc=f"sweep {sweep_name} ({workers} workers)", unit="run", file=sys.stderr,
                        disable=not progress, dynamic_ncols=True)
@@ -53,25 +64,67 @@ class PoolExecutor:
                     time.sleep(1.0)
                     _update_overall(bar, store, ids)
                     _update_packs(packs, steps)
+                _update_packs(packs, steps)
             except KeyboardInterrupt:
                 print("\ninterrupted: workers are checkpointing", file=sys.stderr)
-                for f in futures:
-                    f.exception()
+                _stop(pool)
+                try:
+                    for f in futures:
+                        f.exception()
+                except KeyboardInterrupt:  # a second Ctrl-C: the workers give up at once
+                    _stop(pool)
                 raise
             finally:
                 _update_overall(bar, store, ids)
-                _update_packs(packs, steps)
                 for b in packs:
                     b.close()
                 bar.close()
             return sum(f.result() for f in futures)
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM to this process stops the sweep as Ctrl-C does (the main thread only can set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _stop(pool: Any) -> None:
+    """One SIGTERM to each live worker: it checkpoints its pack and stops (a second one: at once)."""
+    for proc in list(pool._processes.values()):  # ProcessPoolExecutor has no public handle on its processes
+        if proc.is_alive():
+            proc.terminate()
+
+
+_steps: Any = None  # this worker's progress queue
+
+
+def _start_worker(steps: Any) -> None:
+    """In each worker as it starts: it reports progress on `steps`, and stops on its parent's SIGTERM only, so that
+    a Ctrl-C to the whole process group counts once (the parent forwards it)."""
+    global _steps
+    _steps = steps
+    if steps is not None:
+        steps.cancel_join_thread()  # exiting never waits for a parent that stopped reading
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    StopFlag.signals = (signal.SIGTERM,)
+
+
 def _worker(configs: list[Config], store_path: str, sweep_name: str | None, pack_size: int | None, index: int,
-            workers: int, budget: int, steps: Queue | None = None) -> int:
+            workers: int, budget: int) -> int:
     """One worker process: leases and trains packs of the sweep until none is left, putting (index, pack label,
-    step, total) on `steps` after every evaluation. With CUDA, worker i trains on device i mod the device count
-    (`train.device: auto` follows it)."""
+    step, total) on the progress queue after every evaluation. With CUDA, worker i trains on device i mod the
+    device count (`train.device: auto` follows it)."""
     import torch
 
     threads.configure(max(1, budget // workers))
@@ -79,32 +132,27 @@ def _worker(configs: list[Config], store_path: str, sweep_name: str | None, pack
         torch.cuda.set_device(index % torch.cuda.device_count())
 
     def on_step(label: str, step: int, total: int) -> None:
-        try:
-            steps.put((index, label, step, total))
-        except (OSError, EOFError):  # the manager process is gone (the whole group was signalled): keep training
-            pass
+        _steps.put((index, label, step, total))
 
     with Store(store_path) as st:
         res = train_runs(configs, st, sweep_name=sweep_name, pack_size=pack_size, progress=False, start_at=index,
-                         on_step=None if steps is None else on_step)
+                         on_step=None if _steps is None else on_step)
     return len(res)
 
 
-def _update_packs(bars: list[tqdm], steps: Queue | None) -> None:
-    """Move each worker's bar to the latest step it reported."""
-    latest: dict[int, tuple[str, int, int]] = {}
-    try:
-        while steps is not None and not steps.empty():
-            index, label, step, total = steps.get()
-            latest[index] = (label, step, total)
-    except (OSError, EOFError):  # the manager process is gone (a signal to the whole group): bars stay as they are
-        pass
-    for index, (label, step, total) in latest.items():
+def _update_packs(bars: list[tqdm], steps: Any) -> None:
+    """Move each worker's bar to the steps it reported, naming every pack it started."""
+    while steps is not None:
+        try:
+            index, label, step, total = steps.get_nowait()
+        except queue.Empty:
+            break
         bar, desc = bars[index], f"worker {index + 1}: {label}"
         if bar.desc != desc or bar.total != total or step < bar.n:
             bar.reset(total=total)
-            bar.set_description_str(desc, refresh=False)
+            bar.set_description_str(desc)
         bar.update(step - bar.n)
+    for bar in bars:
         bar.refresh()
 
 
