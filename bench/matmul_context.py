@@ -7,7 +7,7 @@ that wraps each call; right after each one, the same product is run again on the
 the cache, and timed too. The gap between the two columns is what the step's context costs the matmuls
 (operands coming from memory rather than cache, outputs freshly allocated): the part no faster kernel can
 win back. Timing each call adds a little to both columns alike. Prints each distinct product (median over
-`--steps` steps), then the totals per step and the FLOP/s of each.
+`--steps` steps), then the totals per step and the FLOP/s of each. CPU only.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Timed(TorchDispatchMode):
         t1 = time.perf_counter()
         func(*args, **kwargs)
         t2 = time.perf_counter()
-        key = (func.__name__, *(tuple(a.shape) + a.stride() for a in args if isinstance(a, torch.Tensor)))
+        key = (func.__name__, *((tuple(a.shape), a.stride()) for a in args if isinstance(a, torch.Tensor)))
         self.calls[key].append((t1 - t0, t2 - t1))
         self.flops[key] = flops(func, args)
         return out
@@ -70,7 +70,9 @@ def main() -> None:
     a = ap.parse_args()
     threads.configure(a.threads)
     raw = next(v for k, v in CONFIGS.items() if k.startswith(a.config + ")"))
-    pack = Pack([make_config(raw, {"train.seed": s, "train.precision": a.precision}) for s in range(a.runs)])
+    # CPU only: the timings read the clock around each kernel, which on a GPU would time its launch
+    over = {"train.precision": a.precision, "train.device": "cpu"}
+    pack = Pack([make_config(raw, {"train.seed": s, **over}) for s in range(a.runs)])
     for _ in range(5):
         pack.train_step()
     mode = Timed()
@@ -87,7 +89,7 @@ def main() -> None:
         total[0] += ctx
         total[1] += alone
         total[2] += mode.flops[key] * per_step
-        shapes = " x ".join(f"{list(s[:3])}{list(s[3:])}" for s in key[1:])
+        shapes = " x ".join(f"{list(shape)}{list(stride)}" for shape, stride in key[1:])
         print(f"{key[0]:<8} {shapes:<72} {1e6 * ctx:10.0f} {1e6 * alone:9.0f} {ctx / alone:5.1f}x")
     ctx, alone, fl = total
     print(f"\nmatmuls per step: {1e3 * ctx:.2f} ms in the step ({fl / ctx / 1e9:.0f} GFLOP/s), "
