@@ -380,10 +380,11 @@ def repro(
         else:
             missing[spec["name"]] = _stored(st, spec)
     rows = table(preset, scale, lambda s: st.runs(sweep=s), st.curves)
-    lacking = sum(missing.values())
-    total = sum(len(expand(load_spec(spec))) for spec in all_specs)
     # A verdict read off part of a preset's runs can change when the rest arrive, so it says so.
-    provisional = f"; provisional, {lacking} of {total} runs not in the store" if lacking else ""
+    lacking, provisional = sum(missing.values()), ""
+    if lacking:
+        total = sum(len(expand(load_spec(spec))) for spec in all_specs)
+        provisional = f"; provisional, {lacking} of {total} runs not in the store"
     result = {"preset": preset.name, "title": preset.title, "source": preset.source, "scale": scale,
               "scale_means": preset.scales[scale], "verdict": verdict(rows) + provisional, "machine": machine(),
               "wall_seconds": time.perf_counter() - started, "sweeps": [s["name"] for s in all_specs],

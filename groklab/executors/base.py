@@ -243,6 +243,7 @@ def train_stored_pack(
             return len(stored) == len(ids)  # False: some runs are held by another live process
     ckpt = FileCheckpoints(store.checkpoint_dir / f"{pack_id(pack)}.pt") if store is not None else None
     starts = extension_starts(todo, store) if store is not None and not replace else {}
+
     def heartbeat(step: int, total: int) -> None:
         if lease is not None:
             lease.beat()
